@@ -1,0 +1,486 @@
+//! One client connection, served by one worker from accept to close:
+//! `read_head → hold a slot → read_body → forward (attempts) → relay → keep-alive?`
+//!
+//! A `Worker` owns its buffers for its whole life, so a request costs no buffer
+//! allocation; they are shrunk while a connection sits idle.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::buffer::IoBuf;
+use crate::error::{is_timeout, ClientError, LogCode, Reply};
+use crate::forward::{self, ClientFraming};
+use crate::http::{parse_request, BodyFraming, ChunkedDecoder, HeadLimits, RequestHead};
+use crate::proxy::{Proxy, Scratch};
+use crate::queue::QueuedRequest;
+use crate::relay::{self, RelayEnd, Sink, RELAY_READ_BYTES};
+use crate::server::{linger_after_reply, Accepted, Pool, WorkerSlot};
+use crate::stream::Stream;
+use crate::upstream::{Exchange, OutgoingRequest};
+
+/// Client read buffer kept while a connection is idle; it grows up to MAX_HEADER_SIZE
+/// for a large head and is shrunk back between requests.
+const IDLE_INBUF_BYTES: usize = 4 * 1024;
+/// Request bodies above this are not kept in the worker's buffer between requests.
+const KEPT_BODY_BYTES: usize = 64 * 1024;
+/// `Expect: 100-continue` answer (RFC 9110 §10.1.1).
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// What happens to the client connection after a request.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    KeepAlive,
+    /// Close after what was written (it was complete).
+    Close,
+    /// Drop at once: the response was cut short or the client is gone.
+    Abort,
+}
+
+/// Whether the request's `CONCURRENCY_PEAK` slot is freed when the worker is done with
+/// it, or went into the queue with the request.
+#[derive(Debug, PartialEq, Eq)]
+enum Hold {
+    Released,
+    Queued,
+}
+
+/// Which wait precedes a request head: the first on a connection, or a later one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    First,
+    KeepAlive,
+}
+
+/// The client side of a connection.
+struct Client {
+    stream: Stream,
+    peer: SocketAddr,
+    /// The read timeout currently set on the socket, to skip redundant system calls.
+    read_timeout: Option<Option<Duration>>,
+}
+
+impl Client {
+    fn set_read_timeout(&mut self, t: Option<Duration>) -> io::Result<()> {
+        if self.read_timeout != Some(t) {
+            self.stream.set_read_timeout(t)?;
+            self.read_timeout = Some(t);
+        }
+        Ok(())
+    }
+}
+
+pub struct Worker {
+    proxy: Arc<Proxy>,
+    inbuf: IoBuf,
+    upbuf: IoBuf,
+    out: Vec<u8>,
+    body: Vec<u8>,
+    line: Vec<u8>,
+    headers: Vec<u8>,
+    scratch: Scratch,
+}
+
+impl Worker {
+    pub fn new(proxy: Arc<Proxy>) -> Self {
+        Worker {
+            proxy,
+            inbuf: IoBuf::with_capacity(IDLE_INBUF_BYTES),
+            upbuf: IoBuf::with_capacity(RELAY_READ_BYTES),
+            out: Vec::new(),
+            body: Vec::new(),
+            line: Vec::new(),
+            headers: Vec::new(),
+            scratch: Scratch::new(),
+        }
+    }
+
+    /// Serves every request of one connection, then closes it.
+    pub fn serve(&mut self, accepted: Accepted, slot: &WorkerSlot, pool: &Pool) {
+        let _ = accepted
+            .stream
+            .set_write_timeout(Some(self.proxy.cfg.client_body_timeout));
+        let mut client = Client {
+            stream: Stream::Plain(accepted.stream),
+            peer: accepted.peer,
+            read_timeout: None,
+        };
+        self.inbuf.clear();
+        let mut wait = Wait::First;
+        loop {
+            let head = match self.read_head(&mut client, wait, slot, pool) {
+                Ok(Some(head)) => head,
+                Ok(None) => return,
+                Err(e) => return self.refuse(client, e, false),
+            };
+            wait = Wait::KeepAlive;
+            if !pool.try_hold() {
+                self.proxy
+                    .errlog
+                    .record(&self.proxy.listener_label, LogCode::Flooded);
+                let reply = self
+                    .proxy
+                    .render_reply(Reply::Flooded, true, head.method == "HEAD");
+                return close_after(client, &reply, &self.proxy);
+            }
+            let (next, hold) = self.handle(&mut client, &head);
+            if hold == Hold::Released {
+                pool.release_hold();
+            }
+            self.shrink_body();
+            match next {
+                Next::KeepAlive if self.proxy.stopping() => {
+                    return close_after(client, &[], &self.proxy)
+                }
+                Next::KeepAlive => continue,
+                Next::Close => return close_after(client, &[], &self.proxy),
+                Next::Abort => return,
+            }
+        }
+    }
+
+    /// One request whose head has been read: body, attempts, response.
+    fn handle(&mut self, client: &mut Client, head: &RequestHead) -> (Next, Hold) {
+        if let Err(e) = self.read_body(client, head) {
+            let head_only = head.method == "HEAD";
+            let next = match e.reply() {
+                Some(reply) => {
+                    let bytes = self.proxy.render_reply(reply, true, head_only);
+                    let _ = client.stream.write_all(&bytes);
+                    Next::Close
+                }
+                None => Next::Abort,
+            };
+            return (next, Hold::Released);
+        }
+        self.forward(client, head)
+    }
+
+    /// Reads until a complete request head is buffered. `Ok(None)`: the connection
+    /// ended quietly (client closed, idle timeout, or reclaimed by the acceptor).
+    fn read_head(
+        &mut self,
+        client: &mut Client,
+        wait: Wait,
+        slot: &WorkerSlot,
+        pool: &Pool,
+    ) -> Result<Option<RequestHead>, ClientError> {
+        if self.inbuf.is_empty() && !self.wait_for_request(client, wait, slot, pool)? {
+            return Ok(None);
+        }
+        let cfg = &self.proxy.cfg;
+        let limits = HeadLimits {
+            max_head_bytes: cfg.max_header_size,
+            max_headers: cfg.max_headers,
+        };
+        let deadline = Instant::now() + cfg.client_header_timeout;
+        loop {
+            if let Some((head, len)) = parse_request(self.inbuf.filled(), &limits)? {
+                self.inbuf.consume(len);
+                return Ok(Some(head));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::HeadTimeout);
+            }
+            client
+                .set_read_timeout(Some(left))
+                .map_err(ClientError::Gone)?;
+            match self
+                .inbuf
+                .read_from(&mut client.stream, cfg.max_header_size)
+            {
+                Ok(Some(0)) => return Err(ClientError::Gone(io::ErrorKind::UnexpectedEof.into())),
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(ClientError::HeadTooLarge),
+                Err(e) if is_timeout(&e) => return Err(ClientError::HeadTimeout),
+                Err(e) => return Err(ClientError::Gone(e)),
+            }
+        }
+    }
+
+    /// Waits, reclaimable, for the first byte of a request. The first request of a
+    /// connection gets CLIENT_HEADER_TIMEOUT, later ones KEEP_ALIVE_TIMEOUT; running out
+    /// closes quietly, as nginx does, since no request was started.
+    fn wait_for_request(
+        &mut self,
+        client: &mut Client,
+        wait: Wait,
+        slot: &WorkerSlot,
+        pool: &Pool,
+    ) -> Result<bool, ClientError> {
+        let cfg = &self.proxy.cfg;
+        let timeout = match wait {
+            Wait::First => Some(cfg.client_header_timeout),
+            Wait::KeepAlive => cfg.keep_alive_timeout,
+        };
+        if timeout == Some(Duration::ZERO) {
+            return Ok(false);
+        }
+        self.inbuf.shrink_to(IDLE_INBUF_BYTES);
+        client
+            .set_read_timeout(timeout)
+            .map_err(ClientError::Gone)?;
+        if !slot.go_idle(pool.now_ms()) {
+            return Ok(false);
+        }
+        let read = self
+            .inbuf
+            .read_from(&mut client.stream, cfg.max_header_size);
+        if !slot.go_busy() {
+            // The acceptor closed this connection to free the worker; whatever
+            // arrived meanwhile is dropped with it, as on any keep-alive close race.
+            return Ok(false);
+        }
+        match read {
+            Ok(Some(n)) => Ok(n > 0),
+            Ok(None) => Ok(true),
+            Err(e) if is_timeout(&e) => Ok(false),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Reads the whole body into `self.body` (it may be retried or queued), bounded by
+    /// MAX_REQUEST_BODY and CLIENT_BODY_TIMEOUT of inactivity.
+    fn read_body(&mut self, client: &mut Client, head: &RequestHead) -> Result<(), ClientError> {
+        self.body.clear();
+        let max = self.proxy.cfg.max_request_body;
+        match head.framing {
+            BodyFraming::None | BodyFraming::Length(0) => return Ok(()),
+            BodyFraming::Length(n) if n > max => return Err(ClientError::BodyTooLarge),
+            _ => {}
+        }
+        client
+            .set_read_timeout(Some(self.proxy.cfg.client_body_timeout))
+            .map_err(ClientError::Gone)?;
+        if head.expect_continue && self.inbuf.is_empty() {
+            client
+                .stream
+                .write_all(CONTINUE)
+                .map_err(ClientError::Gone)?;
+        }
+        match head.framing {
+            BodyFraming::Length(n) => self.read_length_body(client, n as usize),
+            BodyFraming::Chunked => self.read_chunked_body(client, max),
+            BodyFraming::None => Ok(()),
+        }
+    }
+
+    fn read_length_body(&mut self, client: &mut Client, n: usize) -> Result<(), ClientError> {
+        let buffered = self.inbuf.len().min(n);
+        self.body
+            .extend_from_slice(&self.inbuf.filled()[..buffered]);
+        self.inbuf.consume(buffered);
+        let start = self.body.len();
+        self.body.resize(n, 0);
+        let mut filled = start;
+        while filled < n {
+            match io::Read::read(&mut client.stream, &mut self.body[filled..]) {
+                Ok(0) => return Err(ClientError::Gone(io::ErrorKind::UnexpectedEof.into())),
+                Ok(k) => filled += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => return Err(ClientError::BodyTimeout),
+                Err(e) => return Err(ClientError::Gone(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn read_chunked_body(&mut self, client: &mut Client, max: u64) -> Result<(), ClientError> {
+        let mut decoder = ChunkedDecoder::new();
+        loop {
+            while !self.inbuf.is_empty() && !decoder.is_done() {
+                let decoded = decoder
+                    .decode(self.inbuf.filled())
+                    .map_err(|_| ClientError::Malformed("bad chunked body"))?;
+                if (self.body.len() + decoded.data.len()) as u64 > max {
+                    return Err(ClientError::BodyTooLarge);
+                }
+                self.body.extend_from_slice(decoded.data);
+                let consumed = decoded.consumed;
+                self.inbuf.consume(consumed);
+            }
+            if decoder.is_done() {
+                return Ok(());
+            }
+            match self.inbuf.read_from(&mut client.stream, RELAY_READ_BYTES) {
+                Ok(Some(0)) => return Err(ClientError::Gone(io::ErrorKind::UnexpectedEof.into())),
+                Ok(Some(_)) | Ok(None) => {}
+                Err(e) if is_timeout(&e) => return Err(ClientError::BodyTimeout),
+                Err(e) => return Err(ClientError::Gone(e)),
+            }
+        }
+    }
+
+    /// Sends the request to the endpoints (SPEC §4) and relays the first complete
+    /// response. A queueable request goes to the queue up front (ENABLE_UPFRONT_Q) or
+    /// once every attempt failed (ENABLE_DEFERRED_Q); otherwise the last failure decides
+    /// the reply.
+    fn forward(&mut self, client: &mut Client, head: &RequestHead) -> (Next, Hold) {
+        let proxy = Arc::clone(&self.proxy);
+        let origin = forward::Origin {
+            client_ip: client.peer.ip(),
+            proto: proxy.forwarded_proto,
+            custom: &proxy.request_headers,
+        };
+        let request_id = forward::upstream_request(
+            head,
+            self.body.len(),
+            &origin,
+            || proxy.ids.next(),
+            &mut self.line,
+            &mut self.headers,
+        );
+        let queueable = proxy.is_queueable(&head.method, &head.target);
+        if queueable && proxy.cfg.enable_upfront_q {
+            return self.enqueue(client, head, request_id, Reply::Queued);
+        }
+        let req = OutgoingRequest {
+            method: &head.method,
+            request_line: &self.line,
+            headers: &self.headers,
+            body: &self.body,
+        };
+        match proxy.try_endpoints(&req, &mut self.upbuf, &mut self.scratch) {
+            Ok((idx, exchange)) => {
+                let next = relay_response(
+                    &proxy,
+                    client,
+                    head,
+                    idx,
+                    exchange,
+                    &mut self.upbuf,
+                    &mut self.out,
+                );
+                (next, Hold::Released)
+            }
+            Err(_) if queueable && proxy.cfg.enable_deferred_q => {
+                self.enqueue(client, head, request_id, Reply::Buffered)
+            }
+            Err(last) => (self.reply(client, head, last.reply()), Hold::Released),
+        }
+    }
+
+    /// Puts the request, as it would go upstream, at the tail of the queue, and tells
+    /// the client with `reply`. The request keeps its slot until it is delivered.
+    fn enqueue(
+        &mut self,
+        client: &mut Client,
+        head: &RequestHead,
+        request_id: String,
+        reply: Reply,
+    ) -> (Next, Hold) {
+        let queued = QueuedRequest {
+            method: head.method.clone(),
+            target: head.target.clone(),
+            request_line: self.line.clone(),
+            headers: self.headers.clone(),
+            body: std::mem::take(&mut self.body),
+            request_id,
+            client: client.peer.ip(),
+            queued_at: Instant::now(),
+        };
+        match self.proxy.queue.push(queued) {
+            Ok(()) => (self.reply(client, head, reply), Hold::Queued),
+            Err(_) => {
+                log::error!("queue full: {} {} not buffered", head.method, head.target);
+                (self.reply(client, head, Reply::Unavailable), Hold::Released)
+            }
+        }
+    }
+
+    /// Writes a generated response and keeps the connection if the client wants to.
+    fn reply(&mut self, client: &mut Client, head: &RequestHead, reply: Reply) -> Next {
+        let close = !head.keep_alive || reply.closes_connection() || self.proxy.stopping();
+        let bytes = self.proxy.render_reply(reply, close, head.method == "HEAD");
+        match client.stream.write_all(&bytes) {
+            Ok(()) if close => Next::Close,
+            Ok(()) => Next::KeepAlive,
+            Err(_) => Next::Abort,
+        }
+    }
+
+    /// Answers a request that could not be read, then closes.
+    fn refuse(&mut self, client: Client, e: ClientError, head_only: bool) {
+        log::debug!("{}: {e}", client.peer);
+        match e.reply() {
+            Some(reply) => {
+                let bytes = self.proxy.render_reply(reply, true, head_only);
+                close_after(client, &bytes, &self.proxy);
+            }
+            None => drop(client),
+        }
+    }
+
+    fn shrink_body(&mut self) {
+        if self.body.capacity() > KEPT_BODY_BYTES {
+            self.body = Vec::new();
+        }
+    }
+}
+
+/// Relays an endpoint's response to the client and returns the connection to the pool
+/// when its body was read to the end.
+fn relay_response(
+    proxy: &Proxy,
+    client: &mut Client,
+    head: &RequestHead,
+    idx: usize,
+    exchange: Exchange,
+    upbuf: &mut IoBuf,
+    out: &mut Vec<u8>,
+) -> Next {
+    let Exchange {
+        mut conn,
+        head: resp,
+    } = exchange;
+    let framing = forward::client_framing(resp.framing, head.version);
+    let close = !head.keep_alive || framing == ClientFraming::UntilClose || proxy.stopping();
+    forward::client_response_head(
+        &resp,
+        framing,
+        close,
+        head.version,
+        &proxy.response_headers,
+        out,
+    );
+    let mut sink = Sink {
+        client: &mut client.stream,
+        out,
+        framing,
+    };
+    match relay::relay_body(&mut conn, upbuf, resp.framing, resp.keep_alive, &mut sink) {
+        RelayEnd::Complete { reusable } => {
+            if reusable {
+                proxy.upstreams.release(idx, conn);
+            }
+            if close {
+                Next::Close
+            } else {
+                Next::KeepAlive
+            }
+        }
+        RelayEnd::ClientGone => Next::Abort,
+        RelayEnd::UpstreamBroke(why) => {
+            log::warn!(
+                "{} {}: {} broke off mid-response: {why}",
+                head.method,
+                head.target,
+                proxy.upstreams.list[idx].label
+            );
+            Next::Abort
+        }
+    }
+}
+
+/// Writes `bytes`, then closes gracefully through the lingering closer.
+fn close_after(mut client: Client, bytes: &[u8], proxy: &Proxy) {
+    if !bytes.is_empty() && client.stream.write_all(bytes).is_err() {
+        return;
+    }
+    match client.stream {
+        Stream::Plain(tcp) => linger_after_reply(&proxy.linger, tcp),
+        mut tls => tls.shutdown_write(),
+    }
+}

@@ -1,0 +1,287 @@
+//! What crosses the proxy: the upstream request ServiceQ writes for a client request
+//! (SPEC §3's forwarding headers, hop-by-hop removal, its own framing) and the response
+//! head it writes back to the client.
+
+use std::net::IpAddr;
+
+use crate::http::headers::{connection_tokens, is_hop_by_hop};
+use crate::http::{RequestHead, ResponseFraming, ResponseHead, Version};
+use crate::proxy::CustomHeaders;
+
+/// Request headers that ServiceQ sets itself, so the client's copies are not forwarded
+/// as they are (RFC 9110 §7.2 for Host; `Expect` because the body was already read).
+const REPLACED_ON_REQUESTS: [&str; 7] = [
+    "host",
+    "content-length",
+    "expect",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+];
+
+/// Where a request came from, for the forwarding headers.
+pub struct Origin<'a> {
+    pub client_ip: IpAddr,
+    /// `http` or `https`: how the client reached ServiceQ.
+    pub proto: &'a str,
+    /// CUSTOM_REQUEST_HEADERS.
+    pub custom: &'a CustomHeaders,
+}
+
+/// Writes the request line into `line` and every header but `Host` (which differs per
+/// endpoint), with the blank line, into `headers`. Returns the request id used.
+pub fn upstream_request(
+    head: &RequestHead,
+    body_len: usize,
+    origin: &Origin<'_>,
+    new_id: impl FnOnce() -> String,
+    line: &mut Vec<u8>,
+    headers: &mut Vec<u8>,
+) -> String {
+    let custom = origin.custom;
+    line.clear();
+    headers.clear();
+    push_all(
+        line,
+        &[
+            head.method.as_bytes(),
+            b" ",
+            head.target.as_bytes(),
+            b" HTTP/1.1\r\n",
+        ],
+    );
+
+    let tokens = connection_tokens(&head.headers);
+    let mut forwarded_for: Vec<u8> = Vec::new();
+    let mut request_id: Option<String> = None;
+    let mut host: Option<&[u8]> = head.authority.as_deref().map(str::as_bytes);
+    for h in &head.headers {
+        let name = h.name.as_str();
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            if !forwarded_for.is_empty() {
+                forwarded_for.extend_from_slice(b", ");
+            }
+            forwarded_for.extend_from_slice(&h.value);
+        } else if name.eq_ignore_ascii_case("x-request-id") && request_id.is_none() {
+            request_id = String::from_utf8(h.value.clone())
+                .ok()
+                .filter(|v| !v.is_empty());
+        } else if name.eq_ignore_ascii_case("host") && host.is_none() {
+            host = Some(&h.value);
+        }
+        if is_hop_by_hop(name, &tokens)
+            || REPLACED_ON_REQUESTS
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(name))
+            || custom.replaces(name)
+        {
+            continue;
+        }
+        push_header(headers, name.as_bytes(), &h.value);
+    }
+
+    if !forwarded_for.is_empty() {
+        forwarded_for.extend_from_slice(b", ");
+    }
+    forwarded_for.extend_from_slice(origin.client_ip.to_string().as_bytes());
+    push_header(headers, b"X-Forwarded-For", &forwarded_for);
+    push_header(headers, b"X-Forwarded-Proto", origin.proto.as_bytes());
+    if let Some(host) = host {
+        push_header(headers, b"X-Forwarded-Host", host);
+    }
+    let id = request_id.unwrap_or_else(new_id);
+    push_header(headers, b"X-Request-Id", id.as_bytes());
+    headers.extend_from_slice(&custom.rendered);
+    if body_len > 0 || head.framing != crate::http::BodyFraming::None {
+        push_header(headers, b"Content-Length", body_len.to_string().as_bytes());
+    }
+    headers.extend_from_slice(b"\r\n");
+    id
+}
+
+/// How the response body is framed towards the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFraming {
+    /// As the upstream framed it: Content-Length, or no body.
+    AsIs,
+    /// Re-chunked by ServiceQ (HTTP/1.1 clients).
+    Chunked,
+    /// Delimited by closing the connection (HTTP/1.0 clients).
+    UntilClose,
+}
+
+pub fn client_framing(resp: ResponseFraming, client: Version) -> ClientFraming {
+    match (resp, client) {
+        (ResponseFraming::NoBody | ResponseFraming::Length(_), _) => ClientFraming::AsIs,
+        (_, Version::Http11) => ClientFraming::Chunked,
+        (_, Version::Http10) => ClientFraming::UntilClose,
+    }
+}
+
+/// The response head for the client: the upstream's status and end-to-end headers, the
+/// custom response headers in place of same-named ones, and ServiceQ's own framing.
+pub fn client_response_head(
+    resp: &ResponseHead,
+    framing: ClientFraming,
+    close: bool,
+    client: Version,
+    custom: &CustomHeaders,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    push_all(
+        out,
+        &[
+            b"HTTP/1.1 ",
+            resp.status.to_string().as_bytes(),
+            b" ",
+            resp.reason.as_bytes(),
+            b"\r\n",
+        ],
+    );
+    let tokens = connection_tokens(&resp.headers);
+    for h in &resp.headers {
+        let name = h.name.as_str();
+        let reframed =
+            framing != ClientFraming::AsIs && name.eq_ignore_ascii_case("content-length");
+        if reframed || is_hop_by_hop(name, &tokens) || custom.replaces(name) {
+            continue;
+        }
+        push_header(out, name.as_bytes(), &h.value);
+    }
+    out.extend_from_slice(&custom.rendered);
+    if framing == ClientFraming::Chunked {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if client == Version::Http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    push_all(out, &[name, b": ", value, b"\r\n"]);
+}
+
+fn push_all(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{BodyFraming, Header};
+
+    fn header(name: &str, value: &str) -> Header {
+        Header {
+            name: name.into(),
+            value: value.as_bytes().to_vec(),
+        }
+    }
+
+    fn request(headers: Vec<Header>) -> RequestHead {
+        RequestHead {
+            method: "POST".into(),
+            target: "/orders?x=1".into(),
+            authority: None,
+            version: Version::Http11,
+            headers,
+            framing: BodyFraming::Length(3),
+            keep_alive: true,
+            expect_continue: false,
+        }
+    }
+
+    fn no_custom() -> CustomHeaders {
+        CustomHeaders {
+            rendered: Vec::new(),
+            names: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn upstream_request_sets_forwarding_headers_and_drops_hop_by_hop() {
+        let head = request(vec![
+            header("Host", "shop.example"),
+            header("Connection", "keep-alive, X-Secret"),
+            header("X-Secret", "1"),
+            header("Keep-Alive", "timeout=5"),
+            header("Content-Length", "3"),
+            header("X-Forwarded-For", "10.0.0.1"),
+            header("Accept", "*/*"),
+        ]);
+        let (mut line, mut headers) = (Vec::new(), Vec::new());
+        let custom = no_custom();
+        let origin = Origin {
+            client_ip: "127.0.0.1".parse().unwrap(),
+            proto: "http",
+            custom: &custom,
+        };
+        let id = upstream_request(&head, 3, &origin, || "gen".into(), &mut line, &mut headers);
+        assert_eq!(id, "gen");
+        assert_eq!(line, b"POST /orders?x=1 HTTP/1.1\r\n");
+        let text = String::from_utf8(headers).unwrap();
+        assert_eq!(
+            text,
+            "Accept: */*\r\nX-Forwarded-For: 10.0.0.1, 127.0.0.1\r\nX-Forwarded-Proto: http\r\n\
+             X-Forwarded-Host: shop.example\r\nX-Request-Id: gen\r\nContent-Length: 3\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn client_request_id_is_kept() {
+        let head = request(vec![header("Host", "h"), header("X-Request-Id", "abc")]);
+        let (mut line, mut headers) = (Vec::new(), Vec::new());
+        let custom = no_custom();
+        let origin = Origin {
+            client_ip: "::1".parse().unwrap(),
+            proto: "https",
+            custom: &custom,
+        };
+        let id = upstream_request(
+            &head,
+            0,
+            &origin,
+            || unreachable!(),
+            &mut line,
+            &mut headers,
+        );
+        assert_eq!(id, "abc");
+        let text = String::from_utf8(headers).unwrap();
+        assert!(text.contains("X-Forwarded-For: ::1\r\n"), "{text}");
+        assert!(text.contains("Content-Length: 0\r\n"), "{text}");
+    }
+
+    #[test]
+    fn response_head_is_reframed_for_the_client() {
+        let resp = ResponseHead {
+            version: Version::Http11,
+            status: 200,
+            reason: "OK".into(),
+            headers: vec![
+                header("Transfer-Encoding", "chunked"),
+                header("Server", "up"),
+                header("X-A", "1"),
+            ],
+            framing: ResponseFraming::Chunked,
+            keep_alive: true,
+        };
+        let custom = CustomHeaders::new(&[("Server".into(), "sq".into())]);
+        let mut out = Vec::new();
+        let framing = client_framing(resp.framing, Version::Http11);
+        client_response_head(&resp, framing, false, Version::Http11, &custom, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nX-A: 1\r\nServer: sq\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        assert_eq!(
+            client_framing(resp.framing, Version::Http10),
+            ClientFraming::UntilClose
+        );
+    }
+}

@@ -1,0 +1,184 @@
+//! `serviceq [-c|--config PATH] [--check] [--version] [--help]`
+//!
+//! Reads the configuration, opens the logs, binds the listener and hands over to
+//! `server::run`. This is the only place where errors become exit codes: every start-up
+//! failure is one line on stderr, `serviceq: FILE[:LINE]: [KEY: ]problem`, exit 1.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use log::LevelFilter;
+
+use serviceq::config::{self, Config, ConfigError};
+use serviceq::logging::{self, ErrorLog};
+use serviceq::proxy::Proxy;
+use serviceq::server;
+
+const DEFAULT_CONFIG: &str = "/opt/serviceq/config/sq.properties";
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+const USAGE: &str = "\
+usage: serviceq [-c|--config PATH] [--check] [--version] [--help]
+
+  -c, --config PATH   configuration file (default: $SQ_CONFIG, else
+                      /opt/serviceq/config/sq.properties)
+      --check         validate the configuration, print a summary, exit
+      --version       print the version and exit
+      --help          print this help and exit
+
+Environment: SQ_CONFIG (configuration path), SQ_LOG (error|warn|info|debug; default info).";
+
+struct Args {
+    config: PathBuf,
+    check: bool,
+}
+
+enum Command {
+    Run(Args),
+    Print(String),
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(line) => {
+            eprintln!("serviceq: {line}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let args = match parse_args(std::env::args().skip(1))? {
+        Command::Print(text) => {
+            println!("{text}");
+            return Ok(());
+        }
+        Command::Run(args) => args,
+    };
+    // Both must happen before any thread exists (see logging::local_offset).
+    logging::init_stderr(log_level());
+    let offset = logging::local_offset();
+
+    let (cfg, warnings) = config::load(&args.config).map_err(|e| e.to_string())?;
+    for w in &warnings {
+        eprintln!("serviceq: warning: {w}");
+    }
+    if args.check {
+        println!("{}", summary(&cfg));
+        return Ok(());
+    }
+    let errlog = open_error_log(&cfg, offset)?;
+    let addr = SocketAddr::new(cfg.listener_address, cfg.listener_port);
+    let listener = server::bind(addr).map_err(|e| {
+        startup_error(
+            &cfg,
+            "LISTENER_PORT",
+            format!("cannot listen on {addr}: {e}"),
+        )
+    })?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let (proxy, replay) = Proxy::new(cfg, errlog, bound.port()).map_err(|e| e.to_string())?;
+    log::info!(
+        "listening on {bound} (serviceq {VERSION}, {} workers, endpoints {})",
+        proxy.peak(),
+        endpoint_list(&proxy.cfg)
+    );
+    server::run(listener, Arc::new(proxy), replay).map_err(|e| format!("listener failed: {e}"))
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
+    let mut config: Option<PathBuf> = None;
+    let mut check = false;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(Command::Print(USAGE.to_string())),
+            "-V" | "--version" => return Ok(Command::Print(format!("serviceq {VERSION}"))),
+            "--check" => check = true,
+            "-c" | "--config" => {
+                let path = args
+                    .next()
+                    .ok_or_else(|| format!("{arg} needs a path\n{USAGE}"))?;
+                config = Some(PathBuf::from(path));
+            }
+            other => match other.strip_prefix("--config=") {
+                Some(path) => config = Some(PathBuf::from(path)),
+                None => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+            },
+        }
+    }
+    let config = config
+        .or_else(|| std::env::var_os("SQ_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    Ok(Command::Run(Args { config, check }))
+}
+
+fn log_level() -> LevelFilter {
+    match std::env::var("SQ_LOG").as_deref() {
+        Ok("error") => LevelFilter::Error,
+        Ok("warn") => LevelFilter::Warn,
+        Ok("debug") => LevelFilter::Debug,
+        Ok("trace") => LevelFilter::Trace,
+        _ => LevelFilter::Info,
+    }
+}
+
+/// Opens ERROR_LOG_FILE, creating its directory if it is missing.
+fn open_error_log(cfg: &Config, offset: time::UtcOffset) -> Result<ErrorLog, String> {
+    let path = &cfg.error_log_file;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            startup_error(
+                cfg,
+                "ERROR_LOG_FILE",
+                format!("cannot create {}: {e}", dir.display()),
+            )
+        })?;
+    }
+    ErrorLog::open(path, offset).map_err(|e| {
+        startup_error(
+            cfg,
+            "ERROR_LOG_FILE",
+            format!("cannot open {}: {e}", path.display()),
+        )
+    })
+}
+
+fn startup_error(cfg: &Config, key: &str, message: String) -> String {
+    ConfigError {
+        file: cfg.source.clone(),
+        line: None,
+        key: Some(key.to_string()),
+        message,
+    }
+    .to_string()
+}
+
+fn endpoint_list(cfg: &Config) -> String {
+    let names: Vec<String> = cfg.endpoints.iter().map(|e| e.to_string()).collect();
+    names.join(",")
+}
+
+fn summary(cfg: &Config) -> String {
+    format!(
+        "{}: OK\n  listener      {}:{}\n  endpoints     {}\n  peak          {}\n  retries       {} attempts, {:?} apart\n  timeout       {}\n  deferred q    {}\n  upfront q     {}\n  error log     {}",
+        display(&cfg.source),
+        cfg.listener_address,
+        cfg.listener_port,
+        endpoint_list(cfg),
+        cfg.concurrency_peak,
+        cfg.max_retries,
+        cfg.retry_gap,
+        cfg.outgoing_request_timeout
+            .map_or("none".to_string(), |t| format!("{t:?}")),
+        cfg.enable_deferred_q,
+        cfg.enable_upfront_q,
+        display(&cfg.error_log_file),
+    )
+}
+
+fn display(p: &Path) -> String {
+    p.display().to_string()
+}

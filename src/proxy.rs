@@ -1,0 +1,259 @@
+//! `Proxy`: what every worker shares — the configuration, the endpoints, the logs, the
+//! lingering closer, the request-id source and the pre-rendered custom headers.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use native_tls::{Certificate, TlsConnector};
+
+use rand::rngs::SmallRng;
+
+use crate::balancer;
+use crate::buffer::IoBuf;
+use crate::config::{Config, Scheme};
+use crate::error::{AttemptError, Reply};
+use crate::linger::Lingerer;
+use crate::logging::ErrorLog;
+use crate::queue::{self, Queue, Replay};
+use crate::upstream::{Exchange, OutgoingRequest, Upstreams};
+
+/// Header lines added to every message in one direction, pre-rendered once.
+pub struct CustomHeaders {
+    /// `Name: value\r\n` for each.
+    pub rendered: Vec<u8>,
+    /// Lower-cased names, to drop same-named headers they replace.
+    pub names: Vec<String>,
+}
+
+impl CustomHeaders {
+    pub fn new(pairs: &[(String, String)]) -> Self {
+        let mut rendered = Vec::new();
+        for (name, value) in pairs {
+            rendered.extend_from_slice(name.as_bytes());
+            rendered.extend_from_slice(b": ");
+            rendered.extend_from_slice(value.as_bytes());
+            rendered.extend_from_slice(b"\r\n");
+        }
+        CustomHeaders {
+            rendered,
+            names: pairs.iter().map(|(n, _)| n.to_ascii_lowercase()).collect(),
+        }
+    }
+
+    pub fn replaces(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Unique request ids: a random per-process prefix and a counter, so ids never repeat
+/// within a run and practically never across restarts.
+pub struct RequestIds {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        RequestIds {
+            prefix: rand::random(),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    pub fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}{:08x}", self.prefix, n)
+    }
+}
+
+/// Per-thread state for `try_endpoints`, kept to avoid an allocation per request.
+pub struct Scratch {
+    pub errors: Vec<u32>,
+    pub rng: SmallRng,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        use rand::SeedableRng;
+        Scratch {
+            errors: Vec::new(),
+            rng: SmallRng::from_entropy(),
+        }
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub struct Proxy {
+    pub cfg: Config,
+    pub upstreams: Upstreams,
+    pub errlog: ErrorLog,
+    pub linger: Lingerer,
+    /// `serviceq:PORT`: the "endpoint" of 601 log lines.
+    pub listener_label: String,
+    pub ids: RequestIds,
+    pub response_headers: CustomHeaders,
+    pub request_headers: CustomHeaders,
+    /// `X-Forwarded-Proto` as seen by clients.
+    pub forwarded_proto: &'static str,
+    pub queue: Queue,
+    stopping: AtomicBool,
+}
+
+impl Proxy {
+    /// The proxy, and the consumer end of its queue for the replay thread.
+    pub fn new(cfg: Config, errlog: ErrorLog, port: u16) -> io::Result<(Self, Replay)> {
+        let tls = upstream_tls(&cfg)?;
+        let upstreams = Upstreams::new(
+            &cfg.endpoints,
+            tls,
+            cfg.outgoing_request_timeout,
+            cfg.concurrency_peak,
+        );
+        let (queue, replay) = queue::channel(cfg.concurrency_peak);
+        let proxy = Proxy {
+            queue,
+            stopping: AtomicBool::new(false),
+            upstreams,
+            errlog,
+            linger: Lingerer::start()?,
+            listener_label: format!("serviceq:{port}"),
+            ids: RequestIds::new(),
+            response_headers: CustomHeaders::new(&cfg.custom_response_headers),
+            request_headers: CustomHeaders::new(&cfg.custom_request_headers),
+            forwarded_proto: if cfg.ssl_enable { "https" } else { "http" },
+            cfg,
+        };
+        Ok((proxy, replay))
+    }
+
+    /// Whether a request may wait in the queue (SPEC §5).
+    pub fn is_queueable(&self, method: &str, target: &str) -> bool {
+        (self.cfg.enable_deferred_q || self.cfg.enable_upfront_q)
+            && self.cfg.request_formats.is_eligible(method, target)
+    }
+
+    /// Marks the start of a graceful stop; true the first time only.
+    pub fn begin_stop(&self) -> bool {
+        !self.stopping.swap(true, Ordering::AcqRel)
+    }
+
+    /// Set once a stop began: connections close after their current request.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    pub fn peak(&self) -> usize {
+        self.cfg.concurrency_peak
+    }
+
+    /// SPEC §4: a weighted-random first attempt, then round-robin, up to MAX_RETRIES
+    /// attempts `RETRY_GAP` apart. Each failure counts against its endpoint and goes to
+    /// the error log; the first complete response head wins. On failure, the last
+    /// attempt's error decides the response.
+    pub fn try_endpoints(
+        &self,
+        req: &OutgoingRequest<'_>,
+        buf: &mut IoBuf,
+        scratch: &mut Scratch,
+    ) -> Result<(usize, Exchange), AttemptError> {
+        let ups = &self.upstreams;
+        let mut last = None;
+        let mut idx = 0;
+        for attempt in 0..self.cfg.max_retries {
+            if attempt == 0 {
+                ups.error_counts(&mut scratch.errors);
+                idx = balancer::first_choice(&scratch.errors, &mut scratch.rng);
+            } else {
+                if !self.cfg.retry_gap.is_zero() {
+                    std::thread::sleep(self.cfg.retry_gap);
+                }
+                idx = balancer::next_after(idx, ups.count());
+            }
+            let up = &ups.list[idx];
+            match ups.attempt(idx, req, buf) {
+                Ok(exchange) => {
+                    up.record_success();
+                    return Ok((idx, exchange));
+                }
+                Err(e) => {
+                    up.record_failure();
+                    self.errlog.record(&up.label, e.log_code());
+                    log::debug!("{} attempt on {}: {e}", req.method, up.label);
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or(AttemptError::Connect(io::ErrorKind::NotFound.into())))
+    }
+
+    /// A SPEC §6 response: JSON body, Content-Length, the custom response headers, and
+    /// `Connection: close` when the connection ends after it.
+    pub fn render_reply(&self, reply: Reply, close: bool, head_only: bool) -> Vec<u8> {
+        let (status, reason, msg) = reply.parts();
+        let body = format!("{{\"sq_msg\":\"{msg}\"}}");
+        let mut out = format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(&self.response_headers.rendered);
+        if close {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !head_only {
+            out.extend_from_slice(body.as_bytes());
+        }
+        out
+    }
+}
+
+/// The TLS client for `https://` endpoints: system roots, plus SSL_UPSTREAM_CA_FILE,
+/// minus verification when SSL_UPSTREAM_VERIFY=false. Built only when needed.
+fn upstream_tls(cfg: &Config) -> io::Result<Option<TlsConnector>> {
+    if !cfg.endpoints.iter().any(|e| e.scheme == Scheme::Https) {
+        return Ok(None);
+    }
+    let mut builder = TlsConnector::builder();
+    builder.min_protocol_version(Some(native_tls::Protocol::Tlsv12));
+    if let Some(path) = &cfg.ssl_upstream_ca_file {
+        let pem = std::fs::read(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("SSL_UPSTREAM_CA_FILE {}: {e}", path.display()),
+            )
+        })?;
+        for cert in split_pem_certificates(&pem) {
+            let cert = Certificate::from_pem(cert).map_err(|e| {
+                io::Error::other(format!("SSL_UPSTREAM_CA_FILE {}: {e}", path.display()))
+            })?;
+            builder.add_root_certificate(cert);
+        }
+    }
+    if !cfg.ssl_upstream_verify {
+        builder.danger_accept_invalid_certs(true);
+        builder.danger_accept_invalid_hostnames(true);
+    }
+    builder
+        .build()
+        .map(Some)
+        .map_err(|e| io::Error::other(format!("TLS client: {e}")))
+}
+
+/// A CA bundle holds several certificates; native-tls takes one at a time.
+fn split_pem_certificates(pem: &[u8]) -> Vec<&[u8]> {
+    const END: &[u8] = b"-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = pem;
+    while let Some(pos) = rest.windows(END.len()).position(|w| w == END) {
+        let (cert, tail) = rest.split_at(pos + END.len());
+        out.push(cert);
+        rest = tail;
+    }
+    out
+}

@@ -1,0 +1,324 @@
+//! The listener, the acceptor thread, the fixed pool of workers and the accounting of
+//! SPEC §6's `CONCURRENCY_PEAK`. This file reads no HTTP bytes.
+//!
+//! The acceptor hands each connection to a free worker through a channel. When no
+//! worker is free, it reclaims the worker that has sat longest on an idle keep-alive
+//! connection (shutting that socket down wakes the worker's blocking read); only when
+//! every worker is busy with a request, or the held requests reach the peak, does the
+//! acceptor answer 429 itself and pass the socket to the lingering closer, so that the
+//! client reads the whole response rather than a reset.
+
+use std::io::{self, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::conn::Worker;
+use crate::error::{LogCode, Reply};
+use crate::linger::Lingerer;
+use crate::proxy::Proxy;
+use crate::queue::Replay;
+
+/// Worker threads run blocking code with shallow stacks; 256 KiB of address space each
+/// (touched pages only are resident) keeps 2048 workers cheap while leaving room for
+/// OpenSSL's handshake.
+pub const WORKER_STACK_BYTES: usize = 256 * 1024;
+/// How often a stop checks whether in-flight requests are done.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// Pending connections the kernel queues before `accept`.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// What a worker is doing, as the acceptor sees it.
+pub mod state {
+    pub const FREE: u8 = 0;
+    /// Reading or serving a request: not reclaimable.
+    pub const BUSY: u8 = 1;
+    /// Waiting between two requests on a keep-alive connection: reclaimable.
+    pub const IDLE: u8 = 2;
+    /// The acceptor closed this worker's idle connection and counts it as reserved.
+    pub const RECLAIMED: u8 = 3;
+}
+
+/// The acceptor's view of one worker.
+pub struct WorkerSlot {
+    pub state: AtomicU8,
+    /// Milliseconds since start when the worker went idle (to reclaim the oldest).
+    idle_since: AtomicU64,
+    /// A handle on the worker's client socket, to shut it down on reclaim.
+    socket: Mutex<Option<TcpStream>>,
+}
+
+impl WorkerSlot {
+    fn new() -> Self {
+        WorkerSlot {
+            state: AtomicU8::new(state::FREE),
+            idle_since: AtomicU64::new(0),
+            socket: Mutex::new(None),
+        }
+    }
+
+    /// Called by the worker when it waits for a further request. Returns false if the
+    /// connection was reclaimed meanwhile.
+    pub fn go_idle(&self, now_ms: u64) -> bool {
+        self.idle_since.store(now_ms, Ordering::Relaxed);
+        self.state
+            .compare_exchange(
+                state::BUSY,
+                state::IDLE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// Called by the worker when bytes of a further request arrive. Returns false if
+    /// the acceptor reclaimed the connection first; the worker must then close it.
+    pub fn go_busy(&self) -> bool {
+        self.state
+            .compare_exchange(
+                state::IDLE,
+                state::BUSY,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    fn attach(&self, socket: Option<TcpStream>) {
+        *self.socket.lock().unwrap_or_else(|p| p.into_inner()) = socket;
+    }
+}
+
+/// The shared accounting of workers and held requests.
+pub struct Pool {
+    pub slots: Vec<WorkerSlot>,
+    free: AtomicUsize,
+    held: AtomicUsize,
+    peak: usize,
+    started: Instant,
+}
+
+impl Pool {
+    fn new(peak: usize) -> Self {
+        Pool {
+            slots: (0..peak).map(|_| WorkerSlot::new()).collect(),
+            free: AtomicUsize::new(peak),
+            held: AtomicUsize::new(0),
+            peak,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Takes one of the `CONCURRENCY_PEAK` request slots; false when all are held.
+    pub fn try_hold(&self) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                (h < self.peak).then_some(h + 1)
+            })
+            .is_ok()
+    }
+
+    pub fn release_hold(&self) {
+        self.held.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    pub fn busy_workers(&self) -> usize {
+        self.peak - self.free.load(Ordering::Acquire)
+    }
+
+    fn reserve_free_worker(&self) -> bool {
+        self.free
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| f.checked_sub(1))
+            .is_ok()
+    }
+
+    /// Closes the connection of the worker idle the longest and reserves that worker.
+    fn reclaim_idle_worker(&self) -> bool {
+        loop {
+            let oldest = self
+                .slots
+                .iter()
+                .filter(|s| s.state.load(Ordering::Acquire) == state::IDLE)
+                .min_by_key(|s| s.idle_since.load(Ordering::Relaxed));
+            let Some(slot) = oldest else { return false };
+            if slot
+                .state
+                .compare_exchange(
+                    state::IDLE,
+                    state::RECLAIMED,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+            {
+                if let Some(sock) = &*slot.socket.lock().unwrap_or_else(|p| p.into_inner()) {
+                    let _ = sock.shutdown(Shutdown::Both);
+                }
+                return true;
+            }
+        }
+    }
+
+    /// Shuts down every connection waiting between requests (used when stopping).
+    fn close_idle_connections(&self) {
+        for slot in &self.slots {
+            if slot.state.load(Ordering::Acquire) == state::IDLE {
+                if let Some(sock) = &*slot.socket.lock().unwrap_or_else(|p| p.into_inner()) {
+                    let _ = sock.shutdown(Shutdown::Both);
+                }
+            }
+        }
+    }
+
+    /// A worker finished a connection: it is free again, unless the acceptor already
+    /// counted it as reserved when reclaiming it.
+    fn finish(&self, slot: &WorkerSlot) {
+        slot.attach(None);
+        if slot.state.swap(state::FREE, Ordering::AcqRel) != state::RECLAIMED {
+            self.free.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A client connection on its way to a worker.
+pub struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+}
+
+/// Binds the listener (SO_REUSEADDR, so a restart does not wait out TIME_WAIT).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false).ok();
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Starts the workers, then accepts connections on this thread until the listener
+/// fails.
+pub fn run(listener: TcpListener, proxy: Arc<Proxy>, replay: Replay) -> io::Result<()> {
+    let pool = Arc::new(Pool::new(proxy.peak()));
+    replay.start(Arc::clone(&proxy), Arc::clone(&pool))?;
+    let (tx, rx) = crossbeam_channel::bounded::<Accepted>(proxy.peak());
+    spawn_workers(&pool, &proxy, &rx)?;
+    crate::signals::spawn(Arc::clone(&proxy), listener.try_clone()?)?;
+    accept_loop(&listener, &pool, &proxy, &tx)?;
+    drop(tx);
+    drain(&pool, &proxy);
+    Ok(())
+}
+
+/// The graceful part of a stop: idle connections are closed, requests being served
+/// get SHUTDOWN_GRACE to finish, and what the in-memory queue still holds is reported.
+fn drain(pool: &Pool, proxy: &Proxy) {
+    let deadline = Instant::now() + proxy.cfg.shutdown_grace;
+    loop {
+        pool.close_idle_connections();
+        let active = pool.held().saturating_sub(proxy.queue.depth());
+        if active == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            log::warn!("{active} requests still in flight after the grace period; closing them");
+            break;
+        }
+        thread::sleep(DRAIN_POLL);
+    }
+    let queued = proxy.queue.depth();
+    if queued > 0 {
+        log::warn!("{queued} queued requests dropped: the queue is held in memory only");
+    }
+    log::info!("stopped");
+}
+
+fn spawn_workers(pool: &Arc<Pool>, proxy: &Arc<Proxy>, rx: &Receiver<Accepted>) -> io::Result<()> {
+    for id in 0..pool.slots.len() {
+        let (pool, proxy, rx) = (Arc::clone(pool), Arc::clone(proxy), rx.clone());
+        thread::Builder::new()
+            .name(format!("worker-{id}"))
+            .stack_size(WORKER_STACK_BYTES)
+            .spawn(move || worker_loop(id, &pool, &proxy, &rx))?;
+    }
+    Ok(())
+}
+
+fn worker_loop(id: usize, pool: &Pool, proxy: &Arc<Proxy>, rx: &Receiver<Accepted>) {
+    let slot = &pool.slots[id];
+    let mut worker = Worker::new(Arc::clone(proxy));
+    while let Ok(accepted) = rx.recv() {
+        slot.state.store(state::BUSY, Ordering::Release);
+        slot.attach(accepted.stream.try_clone().ok());
+        worker.serve(accepted, slot, pool);
+        pool.finish(slot);
+    }
+}
+
+fn accept_loop(
+    listener: &TcpListener,
+    pool: &Pool,
+    proxy: &Proxy,
+    tx: &Sender<Accepted>,
+) -> io::Result<()> {
+    loop {
+        let (stream, peer) = match listener.accept() {
+            Ok(_) | Err(_) if proxy.stopping() => return Ok(()),
+            Ok(conn) => conn,
+            Err(e) if is_transient_accept_error(&e) => {
+                log::warn!("accept failed: {e}");
+                // Out of file descriptors and the like: back off instead of spinning.
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let _ = stream.set_nodelay(true);
+        let has_worker =
+            pool.held() < pool.peak && (pool.reserve_free_worker() || pool.reclaim_idle_worker());
+        if has_worker {
+            if tx.send(Accepted { stream, peer }).is_err() {
+                return Ok(());
+            }
+        } else {
+            reject_flooded(stream, proxy);
+        }
+    }
+}
+
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    !matches!(e.kind(), io::ErrorKind::InvalidInput)
+}
+
+/// SPEC §6: the 429 comes from the accepting thread. The response is far smaller than
+/// a fresh socket's send buffer, so a non-blocking write completes; the lingering
+/// closer then drains what the client sent, so closing does not turn into a reset.
+fn reject_flooded(mut stream: TcpStream, proxy: &Proxy) {
+    proxy.errlog.record(&proxy.listener_label, LogCode::Flooded);
+    let reply = proxy.render_reply(Reply::Flooded, true, false);
+    let _ = stream.set_nonblocking(true);
+    let _ = stream.write_all(&reply);
+    let _ = stream.shutdown(Shutdown::Write);
+    proxy.linger.close(stream);
+}
+
+/// Handed to `Lingerer` by workers too.
+pub fn linger_after_reply(linger: &Lingerer, stream: TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    linger.close(stream);
+}

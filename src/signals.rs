@@ -1,0 +1,55 @@
+//! Signals (SPEC §10), handled on their own thread with signal-hook so that nothing runs
+//! inside a signal handler: SIGTERM/SIGINT begin a graceful stop (a second one exits at
+//! once), SIGUSR1 reopens the error log.
+
+use std::io;
+use std::net::{Shutdown, TcpListener};
+use std::sync::Arc;
+use std::thread;
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::iterator::Signals;
+use socket2::SockRef;
+
+use crate::proxy::Proxy;
+
+/// Starts the signal thread. `listener` is a handle on the listening socket: shutting
+/// it down wakes the acceptor's blocking `accept`, which then returns.
+pub fn spawn(proxy: Arc<Proxy>, listener: TcpListener) -> io::Result<()> {
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
+    thread::Builder::new()
+        .name("signals".into())
+        .stack_size(128 * 1024)
+        .spawn(move || {
+            for signal in signals.forever() {
+                handle(signal, &proxy, &listener);
+            }
+        })?;
+    Ok(())
+}
+
+fn handle(signal: i32, proxy: &Proxy, listener: &TcpListener) {
+    match signal {
+        SIGTERM | SIGINT => {
+            if proxy.begin_stop() {
+                log::info!(
+                    "signal {signal}: stopping (in-flight requests get {:?})",
+                    proxy.cfg.shutdown_grace
+                );
+                let _ = SockRef::from(listener).shutdown(Shutdown::Read);
+            } else {
+                log::warn!("signal {signal} again: exiting now");
+                std::process::exit(1);
+            }
+        }
+        SIGUSR1 => match proxy.errlog.reopen() {
+            Ok(()) => log::info!("SIGUSR1: reopened {}", proxy.errlog.path().display()),
+            Err(e) => log::error!(
+                "SIGUSR1: cannot reopen {}: {e}",
+                proxy.errlog.path().display()
+            ),
+        },
+        SIGHUP => log::warn!("SIGHUP: live reload is not supported yet; restart to apply changes"),
+        _ => {}
+    }
+}

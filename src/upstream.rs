@@ -1,0 +1,309 @@
+//! The endpoints: their error counts, a pool of kept-alive connections to each, dialling
+//! (TCP, then TLS for `https://`) and one attempt — send a request, receive a response
+//! head. Streaming the body to the client is `relay.rs`'s job.
+//!
+//! Nothing here holds a lock across I/O: the pool's mutex covers a `Vec` push or pop,
+//! and error counts are atomics, so a worker never waits on another worker's socket.
+
+use std::io::{self, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use native_tls::TlsConnector;
+
+use crate::buffer::IoBuf;
+use crate::config::{Endpoint, Scheme};
+use crate::error::AttemptError;
+use crate::http::{parse_response, HeadError, HeadLimits, ResponseHead};
+use crate::stream::{write_all_vectored, Stream};
+
+/// Response heads larger than this are malformed (nginx's proxy_buffer_size is 4–8 KiB;
+/// this is generous).
+pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
+const RESPONSE_LIMITS: HeadLimits = HeadLimits {
+    max_head_bytes: MAX_RESPONSE_HEAD_BYTES,
+    max_headers: 256,
+};
+
+/// A pooled connection idle longer than this is closed rather than reused: most servers
+/// close idle keep-alive connections after 5–75 s, and a reuse that races their close
+/// costs a reconnect.
+pub const POOL_IDLE_TTL: Duration = Duration::from_secs(15);
+
+/// One endpoint at run time.
+pub struct Upstream {
+    pub endpoint: Endpoint,
+    /// `scheme://host:port`, as it appears in the error log.
+    pub label: String,
+    /// The `Host` header sent to it.
+    pub host_header: String,
+    errors: AtomicU32,
+    idle: Mutex<Vec<(Stream, Instant)>>,
+}
+
+impl Upstream {
+    fn new(endpoint: Endpoint) -> Self {
+        Upstream {
+            label: endpoint.to_string(),
+            host_header: endpoint.host_header(),
+            endpoint,
+            errors: AtomicU32::new(0),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn errors(&self) -> u32 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    pub fn record_failure(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_success(&self) {
+        // A load first: most successes find the count at zero already, and a plain load
+        // keeps the cache line shared between workers.
+        if self.errors.load(Ordering::Relaxed) != 0 {
+            self.errors.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn checkout(&self) -> Option<Stream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((conn, since)) = idle.pop() {
+            if since.elapsed() < POOL_IDLE_TTL {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map(|v| v.len()).unwrap_or(0)
+    }
+}
+
+/// Everything needed to reach the endpoints.
+pub struct Upstreams {
+    pub list: Vec<Upstream>,
+    tls: Option<TlsConnector>,
+    timeout: Option<Duration>,
+    max_idle_per_endpoint: usize,
+}
+
+/// The parts of an upstream request that are the same on every attempt: the request
+/// line, and every header but `Host`, ending with the blank line.
+pub struct OutgoingRequest<'a> {
+    pub method: &'a str,
+    pub request_line: &'a [u8],
+    pub headers: &'a [u8],
+    pub body: &'a [u8],
+}
+
+/// A response head received on `conn`; its first body bytes are in the caller's buffer.
+pub struct Exchange {
+    pub conn: Stream,
+    pub head: ResponseHead,
+}
+
+impl Upstreams {
+    pub fn new(
+        endpoints: &[Endpoint],
+        tls: Option<TlsConnector>,
+        timeout: Option<Duration>,
+        max_idle_per_endpoint: usize,
+    ) -> Self {
+        Upstreams {
+            list: endpoints.iter().cloned().map(Upstream::new).collect(),
+            tls,
+            timeout,
+            max_idle_per_endpoint,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn error_counts(&self, into: &mut Vec<u32>) {
+        into.clear();
+        into.extend(self.list.iter().map(Upstream::errors));
+    }
+
+    /// One attempt on endpoint `idx`: a pooled connection if there is one, else a new
+    /// one. A pooled connection that fails before any response byte is replaced by a
+    /// fresh one once (SPEC §3); that second try is part of the same attempt.
+    pub fn attempt(
+        &self,
+        idx: usize,
+        req: &OutgoingRequest<'_>,
+        buf: &mut IoBuf,
+    ) -> Result<Exchange, AttemptError> {
+        let up = &self.list[idx];
+        if let Some(conn) = up.checkout() {
+            match self.exchange(conn, up, req, buf) {
+                Err(Failure::Stale(e)) => {
+                    log::debug!(
+                        "{}: pooled connection was closed ({e}); redialling",
+                        up.label
+                    )
+                }
+                Err(Failure::Attempt(e)) => return Err(e),
+                Ok(ex) => return Ok(ex),
+            }
+        }
+        let conn = self.dial(up)?;
+        self.exchange(conn, up, req, buf)
+            .map_err(Failure::into_attempt)
+    }
+
+    fn exchange(
+        &self,
+        mut conn: Stream,
+        up: &Upstream,
+        req: &OutgoingRequest<'_>,
+        buf: &mut IoBuf,
+    ) -> Result<Exchange, Failure> {
+        buf.clear();
+        let host = format!("Host: {}\r\n", up.host_header);
+        write_all_vectored(
+            &mut conn,
+            &[req.request_line, host.as_bytes(), req.headers, req.body],
+        )
+        .and_then(|()| conn.flush())
+        .map_err(Failure::stale_or_lost)?;
+        let head = read_response_head(&mut conn, buf, req.method)?;
+        Ok(Exchange { conn, head })
+    }
+
+    /// Returns a connection whose response was read completely, for reuse.
+    pub fn release(&self, idx: usize, conn: Stream) {
+        let up = &self.list[idx];
+        let mut idle = up.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.max_idle_per_endpoint {
+            idle.push((conn, Instant::now()));
+        }
+    }
+
+    /// Connects to `up`, bounded by the outgoing timeout, then does the TLS handshake
+    /// for `https://`. Every failure here is SPEC §7's 701 UPSTREAM_DOWN, except an
+    /// expired connect timeout (702 UPSTREAM_TIMED_OUT).
+    fn dial(&self, up: &Upstream) -> Result<Stream, AttemptError> {
+        let tcp = connect(&up.endpoint, self.timeout).map_err(AttemptError::from_connect)?;
+        tcp.set_nodelay(true).map_err(AttemptError::Connect)?;
+        tcp.set_read_timeout(self.timeout)
+            .and_then(|()| tcp.set_write_timeout(self.timeout))
+            .map_err(AttemptError::Connect)?;
+        match (up.endpoint.scheme, &self.tls) {
+            (Scheme::Http, _) => Ok(Stream::Plain(tcp)),
+            (Scheme::Https, Some(tls)) => match tls.connect(&up.endpoint.host, tcp) {
+                Ok(s) => Ok(Stream::Tls(Box::new(s))),
+                Err(e) => {
+                    log::warn!("{}: TLS handshake failed: {e}", up.label);
+                    Err(AttemptError::Connect(io::Error::other(e.to_string())))
+                }
+            },
+            (Scheme::Https, None) => Err(AttemptError::Connect(io::Error::other(
+                "TLS to endpoints is not available",
+            ))),
+        }
+    }
+}
+
+/// How an exchange failed: on a reused connection, an early close means the server had
+/// dropped it while idle, which is not the endpoint's fault.
+enum Failure {
+    Stale(io::Error),
+    Attempt(AttemptError),
+}
+
+impl Failure {
+    fn stale_or_lost(e: io::Error) -> Self {
+        if crate::error::is_timeout(&e) {
+            Failure::Attempt(AttemptError::Timeout)
+        } else {
+            Failure::Stale(e)
+        }
+    }
+
+    fn into_attempt(self) -> AttemptError {
+        match self {
+            Failure::Stale(e) => AttemptError::NoResponse(e),
+            Failure::Attempt(e) => e,
+        }
+    }
+}
+
+impl From<AttemptError> for Failure {
+    fn from(e: AttemptError) -> Self {
+        Failure::Attempt(e)
+    }
+}
+
+fn connect(endpoint: &Endpoint, timeout: Option<Duration>) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "host has no address");
+    for addr in (endpoint.host.as_str(), endpoint.port).to_socket_addrs()? {
+        let attempt = match timeout {
+            Some(t) => TcpStream::connect_timeout(&addr, t),
+            None => TcpStream::connect(addr),
+        };
+        match attempt {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Reads until a complete, final (non-1xx) response head is in `buf`, consuming the
+/// head; body bytes that came with it stay in `buf`.
+fn read_response_head(
+    conn: &mut Stream,
+    buf: &mut IoBuf,
+    method: &str,
+) -> Result<ResponseHead, Failure> {
+    let mut received_any = false;
+    loop {
+        if !buf.is_empty() {
+            match parse_response(buf.filled(), &RESPONSE_LIMITS, method) {
+                Ok(Some((head, len))) => {
+                    buf.consume(len);
+                    if head.status == 101 {
+                        return Err(AttemptError::BadResponse("unexpected 101").into());
+                    }
+                    if (100..200).contains(&head.status) {
+                        // Interim responses (100, 103) are not relayed: the request
+                        // was sent whole, and the final response follows.
+                        continue;
+                    }
+                    return Ok(head);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(AttemptError::BadResponse(describe(e)).into()),
+            }
+        }
+        match buf.read_from(conn, MAX_RESPONSE_HEAD_BYTES) {
+            Ok(Some(0)) if !received_any => {
+                return Err(Failure::stale_or_lost(io::ErrorKind::UnexpectedEof.into()))
+            }
+            Ok(Some(0)) => {
+                return Err(AttemptError::NoResponse(io::ErrorKind::UnexpectedEof.into()).into())
+            }
+            Ok(Some(_)) => received_any = true,
+            Ok(None) => return Err(AttemptError::BadResponse("response head too large").into()),
+            Err(e) if !received_any => return Err(Failure::stale_or_lost(e)),
+            Err(e) => return Err(AttemptError::from_read(e).into()),
+        }
+    }
+}
+
+fn describe(e: HeadError) -> &'static str {
+    match e {
+        HeadError::Malformed(why) => why,
+        HeadError::TooLarge | HeadError::TooManyHeaders => "response head too large",
+        HeadError::UnsupportedVersion => "unsupported HTTP version",
+        HeadError::UnsupportedCoding => "unsupported transfer coding",
+    }
+}

@@ -5,7 +5,7 @@
 //! allocation; they are shrunk while a connection sits idle.
 
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -98,11 +98,12 @@ impl Worker {
 
     /// Serves every request of one connection, then closes it.
     pub fn serve(&mut self, accepted: Accepted, slot: &WorkerSlot, pool: &Pool) {
-        let _ = accepted
-            .stream
-            .set_write_timeout(Some(self.proxy.cfg.client_body_timeout));
+        let Some(stream) = self.handshake(accepted.stream) else {
+            return;
+        };
+        let _ = stream.set_write_timeout(Some(self.proxy.cfg.client_body_timeout));
         let mut client = Client {
-            stream: Stream::Plain(accepted.stream),
+            stream,
             peer: accepted.peer,
             read_timeout: None,
         };
@@ -136,6 +137,26 @@ impl Worker {
                 Next::KeepAlive => continue,
                 Next::Close => return close_after(client, &[], &self.proxy),
                 Next::Abort => return,
+            }
+        }
+    }
+
+    /// On a TLS listener, the handshake, bounded by CLIENT_HEADER_TIMEOUT so that a
+    /// client that connects and stays silent cannot hold the worker longer (SPEC §8).
+    fn handshake(&self, tcp: TcpStream) -> Option<Stream> {
+        let Some(acceptor) = &self.proxy.tls else {
+            return Some(Stream::Plain(tcp));
+        };
+        let limit = Some(self.proxy.cfg.client_header_timeout);
+        tcp.set_read_timeout(limit)
+            .and_then(|()| tcp.set_write_timeout(limit))
+            .ok()?;
+        let peer = tcp.peer_addr().ok();
+        match acceptor.accept(tcp) {
+            Ok(tls) => Some(Stream::Tls(Box::new(tls))),
+            Err(e) => {
+                log::debug!("{peer:?}: TLS handshake failed: {e}");
+                None
             }
         }
     }

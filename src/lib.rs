@@ -24,4 +24,5 @@ pub mod relay;
 pub mod server;
 pub mod signals;
 pub mod stream;
+pub mod tls;
 pub mod upstream;

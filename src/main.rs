@@ -14,8 +14,8 @@ use log::LevelFilter;
 
 use serviceq::config::{self, Config, ConfigError};
 use serviceq::logging::{self, ErrorLog};
-use serviceq::proxy::Proxy;
-use serviceq::server;
+use serviceq::proxy::{Proxy, TlsSetup};
+use serviceq::{server, tls};
 
 const DEFAULT_CONFIG: &str = "/opt/serviceq/config/sq.properties";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -66,6 +66,12 @@ fn run() -> Result<(), String> {
     for w in &warnings {
         eprintln!("serviceq: warning: {w}");
     }
+    let tls = TlsSetup {
+        acceptor: tls::listener_acceptor(&cfg)
+            .map_err(|e| startup_error(&cfg, e.key, e.message))?,
+        connector: tls::upstream_connector(&cfg)
+            .map_err(|e| startup_error(&cfg, e.key, e.message))?,
+    };
     if args.check {
         println!("{}", summary(&cfg));
         return Ok(());
@@ -80,9 +86,10 @@ fn run() -> Result<(), String> {
         )
     })?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
-    let (proxy, replay) = Proxy::new(cfg, errlog, bound.port()).map_err(|e| e.to_string())?;
+    let (proxy, replay) = Proxy::new(cfg, errlog, bound.port(), tls).map_err(|e| e.to_string())?;
     log::info!(
-        "listening on {bound} (serviceq {VERSION}, {} workers, endpoints {})",
+        "listening on {bound} ({}, serviceq {VERSION}, {} workers, endpoints {})",
+        proxy.forwarded_proto,
         proxy.peak(),
         endpoint_list(&proxy.cfg)
     );

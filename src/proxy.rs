@@ -4,13 +4,13 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use native_tls::{Certificate, TlsConnector};
+use native_tls::{TlsAcceptor, TlsConnector};
 
 use rand::rngs::SmallRng;
 
 use crate::balancer;
 use crate::buffer::IoBuf;
-use crate::config::{Config, Scheme};
+use crate::config::Config;
 use crate::error::{AttemptError, Reply};
 use crate::linger::Lingerer;
 use crate::logging::ErrorLog;
@@ -101,22 +101,35 @@ pub struct Proxy {
     /// `X-Forwarded-Proto` as seen by clients.
     pub forwarded_proto: &'static str,
     pub queue: Queue,
+    /// The listener's TLS acceptor when SSL_ENABLE=true.
+    pub tls: Option<TlsAcceptor>,
     stopping: AtomicBool,
+}
+
+/// TLS for both sides, checked at start-up by `tls.rs`.
+pub struct TlsSetup {
+    pub acceptor: Option<TlsAcceptor>,
+    pub connector: Option<TlsConnector>,
 }
 
 impl Proxy {
     /// The proxy, and the consumer end of its queue for the replay thread.
-    pub fn new(cfg: Config, errlog: ErrorLog, port: u16) -> io::Result<(Self, Replay)> {
-        let tls = upstream_tls(&cfg)?;
+    pub fn new(
+        cfg: Config,
+        errlog: ErrorLog,
+        port: u16,
+        tls: TlsSetup,
+    ) -> io::Result<(Self, Replay)> {
         let upstreams = Upstreams::new(
             &cfg.endpoints,
-            tls,
+            tls.connector,
             cfg.outgoing_request_timeout,
             cfg.concurrency_peak,
         );
         let (queue, replay) = queue::channel(cfg.concurrency_peak);
         let proxy = Proxy {
             queue,
+            tls: tls.acceptor,
             stopping: AtomicBool::new(false),
             upstreams,
             errlog,
@@ -211,49 +224,4 @@ impl Proxy {
         }
         out
     }
-}
-
-/// The TLS client for `https://` endpoints: system roots, plus SSL_UPSTREAM_CA_FILE,
-/// minus verification when SSL_UPSTREAM_VERIFY=false. Built only when needed.
-fn upstream_tls(cfg: &Config) -> io::Result<Option<TlsConnector>> {
-    if !cfg.endpoints.iter().any(|e| e.scheme == Scheme::Https) {
-        return Ok(None);
-    }
-    let mut builder = TlsConnector::builder();
-    builder.min_protocol_version(Some(native_tls::Protocol::Tlsv12));
-    if let Some(path) = &cfg.ssl_upstream_ca_file {
-        let pem = std::fs::read(path).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("SSL_UPSTREAM_CA_FILE {}: {e}", path.display()),
-            )
-        })?;
-        for cert in split_pem_certificates(&pem) {
-            let cert = Certificate::from_pem(cert).map_err(|e| {
-                io::Error::other(format!("SSL_UPSTREAM_CA_FILE {}: {e}", path.display()))
-            })?;
-            builder.add_root_certificate(cert);
-        }
-    }
-    if !cfg.ssl_upstream_verify {
-        builder.danger_accept_invalid_certs(true);
-        builder.danger_accept_invalid_hostnames(true);
-    }
-    builder
-        .build()
-        .map(Some)
-        .map_err(|e| io::Error::other(format!("TLS client: {e}")))
-}
-
-/// A CA bundle holds several certificates; native-tls takes one at a time.
-fn split_pem_certificates(pem: &[u8]) -> Vec<&[u8]> {
-    const END: &[u8] = b"-----END CERTIFICATE-----";
-    let mut out = Vec::new();
-    let mut rest = pem;
-    while let Some(pos) = rest.windows(END.len()).position(|w| w == END) {
-        let (cert, tail) = rest.split_at(pos + END.len());
-        out.push(cert);
-        rest = tail;
-    }
-    out
 }

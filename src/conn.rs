@@ -13,7 +13,7 @@ use crate::buffer::IoBuf;
 use crate::error::{is_timeout, ClientError, LogCode, Reply};
 use crate::forward::{self, ClientFraming};
 use crate::http::{parse_request, BodyFraming, ChunkedDecoder, HeadLimits, RequestHead};
-use crate::proxy::{Proxy, Scratch};
+use crate::proxy::{Proxy, Scratch, Settings};
 use crate::queue::QueuedRequest;
 use crate::relay::{self, RelayEnd, Sink, RELAY_READ_BYTES};
 use crate::server::{linger_after_reply, Accepted, Pool, WorkerSlot};
@@ -80,12 +80,13 @@ pub struct Worker {
     line: Vec<u8>,
     headers: Vec<u8>,
     scratch: Scratch,
+    /// The settings snapshot and its generation, refreshed before each request.
+    settings: (u64, Arc<Settings>),
 }
 
 impl Worker {
     pub fn new(proxy: Arc<Proxy>) -> Self {
         Worker {
-            proxy,
             inbuf: IoBuf::with_capacity(IDLE_INBUF_BYTES),
             upbuf: IoBuf::with_capacity(RELAY_READ_BYTES),
             out: Vec::new(),
@@ -93,6 +94,8 @@ impl Worker {
             line: Vec::new(),
             headers: Vec::new(),
             scratch: Scratch::new(),
+            settings: proxy.snapshot(),
+            proxy,
         }
     }
 
@@ -101,7 +104,7 @@ impl Worker {
         let Some(stream) = self.handshake(accepted.stream) else {
             return;
         };
-        let _ = stream.set_write_timeout(Some(self.proxy.cfg.client_body_timeout));
+        let _ = stream.set_write_timeout(Some(self.settings.1.cfg.client_body_timeout));
         let mut client = Client {
             stream,
             peer: accepted.peer,
@@ -110,6 +113,7 @@ impl Worker {
         self.inbuf.clear();
         let mut wait = Wait::First;
         loop {
+            self.proxy.refresh(&mut self.settings);
             let head = match self.read_head(&mut client, wait, slot, pool) {
                 Ok(Some(head)) => head,
                 Ok(None) => return,
@@ -120,9 +124,10 @@ impl Worker {
                 self.proxy
                     .errlog
                     .record(&self.proxy.listener_label, LogCode::Flooded);
-                let reply = self
-                    .proxy
-                    .render_reply(Reply::Flooded, true, head.method == "HEAD");
+                let reply =
+                    self.settings
+                        .1
+                        .render_reply(Reply::Flooded, true, head.method == "HEAD");
                 return close_after(client, &reply, &self.proxy);
             }
             let (next, hold) = self.handle(&mut client, &head);
@@ -147,7 +152,7 @@ impl Worker {
         let Some(acceptor) = &self.proxy.tls else {
             return Some(Stream::Plain(tcp));
         };
-        let limit = Some(self.proxy.cfg.client_header_timeout);
+        let limit = Some(self.settings.1.cfg.client_header_timeout);
         tcp.set_read_timeout(limit)
             .and_then(|()| tcp.set_write_timeout(limit))
             .ok()?;
@@ -167,7 +172,7 @@ impl Worker {
             let head_only = head.method == "HEAD";
             let next = match e.reply() {
                 Some(reply) => {
-                    let bytes = self.proxy.render_reply(reply, true, head_only);
+                    let bytes = self.settings.1.render_reply(reply, true, head_only);
                     let _ = client.stream.write_all(&bytes);
                     Next::Close
                 }
@@ -190,7 +195,7 @@ impl Worker {
         if self.inbuf.is_empty() && !self.wait_for_request(client, wait, slot, pool)? {
             return Ok(None);
         }
-        let cfg = &self.proxy.cfg;
+        let cfg = &self.settings.1.cfg;
         let limits = HeadLimits {
             max_head_bytes: cfg.max_header_size,
             max_headers: cfg.max_headers,
@@ -231,7 +236,7 @@ impl Worker {
         slot: &WorkerSlot,
         pool: &Pool,
     ) -> Result<bool, ClientError> {
-        let cfg = &self.proxy.cfg;
+        let cfg = &self.settings.1.cfg;
         let timeout = match wait {
             Wait::First => Some(cfg.client_header_timeout),
             Wait::KeepAlive => cfg.keep_alive_timeout,
@@ -266,14 +271,14 @@ impl Worker {
     /// MAX_REQUEST_BODY and CLIENT_BODY_TIMEOUT of inactivity.
     fn read_body(&mut self, client: &mut Client, head: &RequestHead) -> Result<(), ClientError> {
         self.body.clear();
-        let max = self.proxy.cfg.max_request_body;
+        let max = self.settings.1.cfg.max_request_body;
         match head.framing {
             BodyFraming::None | BodyFraming::Length(0) => return Ok(()),
             BodyFraming::Length(n) if n > max => return Err(ClientError::BodyTooLarge),
             _ => {}
         }
         client
-            .set_read_timeout(Some(self.proxy.cfg.client_body_timeout))
+            .set_read_timeout(Some(self.settings.1.cfg.client_body_timeout))
             .map_err(ClientError::Gone)?;
         if head.expect_continue && self.inbuf.is_empty() {
             client
@@ -340,10 +345,11 @@ impl Worker {
     /// the reply.
     fn forward(&mut self, client: &mut Client, head: &RequestHead) -> (Next, Hold) {
         let proxy = Arc::clone(&self.proxy);
+        let settings = Arc::clone(&self.settings.1);
         let origin = forward::Origin {
             client_ip: client.peer.ip(),
             proto: proxy.forwarded_proto,
-            custom: &proxy.request_headers,
+            custom: &settings.request_headers,
         };
         let request_id = forward::upstream_request(
             head,
@@ -353,8 +359,8 @@ impl Worker {
             &mut self.line,
             &mut self.headers,
         );
-        let queueable = proxy.is_queueable(&head.method, &head.target);
-        if queueable && proxy.cfg.enable_upfront_q {
+        let queueable = settings.is_queueable(&head.method, &head.target);
+        if queueable && settings.cfg.enable_upfront_q {
             return self.enqueue(client, head, request_id, Reply::Queued);
         }
         let req = OutgoingRequest {
@@ -363,20 +369,12 @@ impl Worker {
             headers: &self.headers,
             body: &self.body,
         };
-        match proxy.try_endpoints(&req, &mut self.upbuf, &mut self.scratch) {
+        match settings.try_endpoints(&proxy.errlog, &req, &mut self.upbuf, &mut self.scratch) {
             Ok((idx, exchange)) => {
-                let next = relay_response(
-                    &proxy,
-                    client,
-                    head,
-                    idx,
-                    exchange,
-                    &mut self.upbuf,
-                    &mut self.out,
-                );
+                let next = self.relay_response(client, head, &settings, idx, exchange);
                 (next, Hold::Released)
             }
-            Err(_) if queueable && proxy.cfg.enable_deferred_q => {
+            Err(_) if queueable && settings.cfg.enable_deferred_q => {
                 self.enqueue(client, head, request_id, Reply::Buffered)
             }
             Err(last) => (self.reply(client, head, last.reply()), Hold::Released),
@@ -414,7 +412,10 @@ impl Worker {
     /// Writes a generated response and keeps the connection if the client wants to.
     fn reply(&mut self, client: &mut Client, head: &RequestHead, reply: Reply) -> Next {
         let close = !head.keep_alive || reply.closes_connection() || self.proxy.stopping();
-        let bytes = self.proxy.render_reply(reply, close, head.method == "HEAD");
+        let bytes = self
+            .settings
+            .1
+            .render_reply(reply, close, head.method == "HEAD");
         match client.stream.write_all(&bytes) {
             Ok(()) if close => Next::Close,
             Ok(()) => Next::KeepAlive,
@@ -427,70 +428,70 @@ impl Worker {
         log::debug!("{}: {e}", client.peer);
         match e.reply() {
             Some(reply) => {
-                let bytes = self.proxy.render_reply(reply, true, head_only);
+                let bytes = self.settings.1.render_reply(reply, true, head_only);
                 close_after(client, &bytes, &self.proxy);
             }
             None => drop(client),
         }
     }
 
+    /// Relays an endpoint's response to the client and returns the connection to the pool
+    /// when its body was read to the end.
+    fn relay_response(
+        &mut self,
+        client: &mut Client,
+        head: &RequestHead,
+        settings: &Settings,
+        idx: usize,
+        exchange: Exchange,
+    ) -> Next {
+        let (proxy, upbuf, out) = (&self.proxy, &mut self.upbuf, &mut self.out);
+        let Exchange {
+            mut conn,
+            head: resp,
+        } = exchange;
+        let framing = forward::client_framing(resp.framing, head.version);
+        let close = !head.keep_alive || framing == ClientFraming::UntilClose || proxy.stopping();
+        forward::client_response_head(
+            &resp,
+            framing,
+            close,
+            head.version,
+            &settings.response_headers,
+            out,
+        );
+        let mut sink = Sink {
+            client: &mut client.stream,
+            out,
+            framing,
+        };
+        match relay::relay_body(&mut conn, upbuf, resp.framing, resp.keep_alive, &mut sink) {
+            RelayEnd::Complete { reusable } => {
+                if reusable {
+                    settings.upstreams.release(idx, conn);
+                }
+                if close {
+                    Next::Close
+                } else {
+                    Next::KeepAlive
+                }
+            }
+            RelayEnd::ClientGone => Next::Abort,
+            RelayEnd::UpstreamBroke(why) => {
+                log::warn!(
+                    "{} {}: {} broke off mid-response: {why}",
+                    head.method,
+                    head.target,
+                    settings.upstreams.list[idx].label
+                );
+                Next::Abort
+            }
+        }
+    }
+
     fn shrink_body(&mut self) {
         if self.body.capacity() > KEPT_BODY_BYTES {
             self.body = Vec::new();
-        }
-    }
-}
-
-/// Relays an endpoint's response to the client and returns the connection to the pool
-/// when its body was read to the end.
-fn relay_response(
-    proxy: &Proxy,
-    client: &mut Client,
-    head: &RequestHead,
-    idx: usize,
-    exchange: Exchange,
-    upbuf: &mut IoBuf,
-    out: &mut Vec<u8>,
-) -> Next {
-    let Exchange {
-        mut conn,
-        head: resp,
-    } = exchange;
-    let framing = forward::client_framing(resp.framing, head.version);
-    let close = !head.keep_alive || framing == ClientFraming::UntilClose || proxy.stopping();
-    forward::client_response_head(
-        &resp,
-        framing,
-        close,
-        head.version,
-        &proxy.response_headers,
-        out,
-    );
-    let mut sink = Sink {
-        client: &mut client.stream,
-        out,
-        framing,
-    };
-    match relay::relay_body(&mut conn, upbuf, resp.framing, resp.keep_alive, &mut sink) {
-        RelayEnd::Complete { reusable } => {
-            if reusable {
-                proxy.upstreams.release(idx, conn);
-            }
-            if close {
-                Next::Close
-            } else {
-                Next::KeepAlive
-            }
-        }
-        RelayEnd::ClientGone => Next::Abort,
-        RelayEnd::UpstreamBroke(why) => {
-            log::warn!(
-                "{} {}: {} broke off mid-response: {why}",
-                head.method,
-                head.target,
-                proxy.upstreams.list[idx].label
-            );
-            Next::Abort
         }
     }
 }

@@ -91,7 +91,7 @@ fn run() -> Result<(), String> {
         "listening on {bound} ({}, serviceq {VERSION}, {} workers, endpoints {})",
         proxy.forwarded_proto,
         proxy.peak(),
-        endpoint_list(&proxy.cfg)
+        endpoint_list(&proxy.settings().cfg)
     );
     server::run(listener, Arc::new(proxy), replay).map_err(|e| format!("listener failed: {e}"))
 }

@@ -1,8 +1,10 @@
-//! `Proxy`: what every worker shares — the configuration, the endpoints, the logs, the
-//! lingering closer, the request-id source and the pre-rendered custom headers.
+//! `Proxy`: what every thread shares — the logs, the lingering closer, the request-id
+//! source, the queue — and `Settings`, the reloadable part: the configuration, the
+//! endpoints and the pre-rendered custom headers.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use native_tls::{TlsAcceptor, TlsConnector};
 
@@ -88,80 +90,33 @@ impl Default for Scratch {
     }
 }
 
-pub struct Proxy {
+/// Everything a SIGHUP may change (SPEC §10): the configuration and what is derived
+/// from it. A request uses one snapshot from start to end; a reload swaps in a new one
+/// for the requests that start after it.
+pub struct Settings {
     pub cfg: Config,
     pub upstreams: Upstreams,
-    pub errlog: ErrorLog,
-    pub linger: Lingerer,
-    /// `serviceq:PORT`: the "endpoint" of 601 log lines.
-    pub listener_label: String,
-    pub ids: RequestIds,
     pub response_headers: CustomHeaders,
     pub request_headers: CustomHeaders,
-    /// `X-Forwarded-Proto` as seen by clients.
-    pub forwarded_proto: &'static str,
-    pub queue: Queue,
-    /// The listener's TLS acceptor when SSL_ENABLE=true.
-    pub tls: Option<TlsAcceptor>,
-    stopping: AtomicBool,
 }
 
-/// TLS for both sides, checked at start-up by `tls.rs`.
-pub struct TlsSetup {
-    pub acceptor: Option<TlsAcceptor>,
-    pub connector: Option<TlsConnector>,
-}
-
-impl Proxy {
-    /// The proxy, and the consumer end of its queue for the replay thread.
-    pub fn new(
-        cfg: Config,
-        errlog: ErrorLog,
-        port: u16,
-        tls: TlsSetup,
-    ) -> io::Result<(Self, Replay)> {
+impl Settings {
+    /// Derives the run-time settings; endpoints also in `previous` keep their
+    /// connection pool and error count.
+    pub fn new(cfg: Config, connector: Option<TlsConnector>, previous: Option<&Settings>) -> Self {
         let upstreams = Upstreams::new(
             &cfg.endpoints,
-            tls.connector,
+            connector,
             cfg.outgoing_request_timeout,
             cfg.concurrency_peak,
+            previous.map(|p| &p.upstreams),
         );
-        let (queue, replay) = queue::channel(cfg.concurrency_peak);
-        let proxy = Proxy {
-            queue,
-            tls: tls.acceptor,
-            stopping: AtomicBool::new(false),
+        Settings {
             upstreams,
-            errlog,
-            linger: Lingerer::start()?,
-            listener_label: format!("serviceq:{port}"),
-            ids: RequestIds::new(),
             response_headers: CustomHeaders::new(&cfg.custom_response_headers),
             request_headers: CustomHeaders::new(&cfg.custom_request_headers),
-            forwarded_proto: if cfg.ssl_enable { "https" } else { "http" },
             cfg,
-        };
-        Ok((proxy, replay))
-    }
-
-    /// Whether a request may wait in the queue (SPEC §5).
-    pub fn is_queueable(&self, method: &str, target: &str) -> bool {
-        (self.cfg.enable_deferred_q || self.cfg.enable_upfront_q)
-            && self.cfg.request_formats.is_eligible(method, target)
-    }
-
-    /// Marks the start of a graceful stop; true the first time only.
-    pub fn begin_stop(&self) -> bool {
-        !self.stopping.swap(true, Ordering::AcqRel)
-    }
-
-    /// Set once a stop began: connections close after their current request.
-    pub fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
-    }
-
-    pub fn peak(&self) -> usize {
-        self.cfg.concurrency_peak
+        }
     }
 
     /// SPEC §4: a weighted-random first attempt, then round-robin, up to MAX_RETRIES
@@ -170,6 +125,7 @@ impl Proxy {
     /// attempt's error decides the response.
     pub fn try_endpoints(
         &self,
+        errlog: &ErrorLog,
         req: &OutgoingRequest<'_>,
         buf: &mut IoBuf,
         scratch: &mut Scratch,
@@ -195,7 +151,7 @@ impl Proxy {
                 }
                 Err(e) => {
                     up.record_failure();
-                    self.errlog.record(&up.label, e.log_code());
+                    errlog.record(&up.label, e.log_code());
                     log::debug!("{} attempt on {}: {e}", req.method, up.label);
                     last = Some(e);
                 }
@@ -224,4 +180,152 @@ impl Proxy {
         }
         out
     }
+
+    /// Whether a request may wait in the queue (SPEC §5).
+    pub fn is_queueable(&self, method: &str, target: &str) -> bool {
+        (self.cfg.enable_deferred_q || self.cfg.enable_upfront_q)
+            && self.cfg.request_formats.is_eligible(method, target)
+    }
+}
+
+/// What every thread shares for the life of the process.
+pub struct Proxy {
+    settings: RwLock<Arc<Settings>>,
+    /// Bumped by every reload, so workers refresh their snapshot with one atomic load.
+    generation: AtomicU64,
+    pub errlog: ErrorLog,
+    pub linger: Lingerer,
+    /// `serviceq:PORT`: the "endpoint" of 601 log lines.
+    pub listener_label: String,
+    pub ids: RequestIds,
+    /// `X-Forwarded-Proto` as seen by clients.
+    pub forwarded_proto: &'static str,
+    pub queue: Queue,
+    /// The listener's TLS acceptor when SSL_ENABLE=true.
+    pub tls: Option<TlsAcceptor>,
+    /// CONCURRENCY_PEAK: fixed for the life of the process (it sizes the worker pool).
+    peak: usize,
+    stopping: AtomicBool,
+}
+
+/// TLS for both sides, checked at start-up by `tls.rs`.
+pub struct TlsSetup {
+    pub acceptor: Option<TlsAcceptor>,
+    pub connector: Option<TlsConnector>,
+}
+
+impl Proxy {
+    /// The proxy, and the consumer end of its queue for the replay thread.
+    pub fn new(
+        cfg: Config,
+        errlog: ErrorLog,
+        port: u16,
+        tls: TlsSetup,
+    ) -> io::Result<(Self, Replay)> {
+        let (queue, replay) = queue::channel(cfg.concurrency_peak);
+        let proxy = Proxy {
+            queue,
+            tls: tls.acceptor,
+            peak: cfg.concurrency_peak,
+            stopping: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            errlog,
+            linger: Lingerer::start()?,
+            listener_label: format!("serviceq:{port}"),
+            ids: RequestIds::new(),
+            forwarded_proto: if cfg.ssl_enable { "https" } else { "http" },
+            settings: RwLock::new(Arc::new(Settings::new(cfg, tls.connector, None))),
+        };
+        Ok((proxy, replay))
+    }
+
+    /// The current settings snapshot.
+    pub fn settings(&self) -> Arc<Settings> {
+        Arc::clone(&self.settings.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Refreshes `cached` if a reload happened since it was taken.
+    pub fn refresh(&self, cached: &mut (u64, Arc<Settings>)) {
+        let now = self.generation.load(Ordering::Acquire);
+        if cached.0 != now {
+            *cached = (now, self.settings());
+        }
+    }
+
+    /// A snapshot with its generation, for `refresh`.
+    pub fn snapshot(&self) -> (u64, Arc<Settings>) {
+        (self.generation.load(Ordering::Acquire), self.settings())
+    }
+
+    /// SIGHUP: re-reads the configuration file. Endpoints, request formats, headers,
+    /// timeouts and retries apply to requests that start afterwards; nothing in flight
+    /// or queued is dropped. Returns notes to log; on error the running settings stay.
+    pub fn reload(&self) -> Result<Vec<String>, String> {
+        let current = self.settings();
+        let (cfg, mut notes) =
+            crate::config::load(&current.cfg.source).map_err(|e| e.to_string())?;
+        let connector = crate::tls::upstream_connector(&cfg)
+            .map_err(|e| format!("{}: {}: {}", cfg.source.display(), e.key, e.message))?;
+        notes.extend(restart_needed(&current.cfg, &cfg));
+        let fresh = Settings::new(cfg, connector, Some(&current));
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(notes)
+    }
+
+    /// Marks the start of a graceful stop; true the first time only.
+    pub fn begin_stop(&self) -> bool {
+        !self.stopping.swap(true, Ordering::AcqRel)
+    }
+
+    /// Set once a stop began: connections close after their current request.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    pub fn peak(&self) -> usize {
+        self.peak
+    }
+}
+
+/// Notes for keys whose change a reload cannot apply: they size the worker pool, own
+/// sockets or files that are open, or are read once at start.
+fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+    let changed = [
+        ("LISTENER_PORT", old.listener_port != new.listener_port),
+        (
+            "LISTENER_ADDRESS",
+            old.listener_address != new.listener_address,
+        ),
+        (
+            "CONCURRENCY_PEAK",
+            old.concurrency_peak != new.concurrency_peak,
+        ),
+        ("SSL_ENABLE", old.ssl_enable != new.ssl_enable),
+        (
+            "SSL_CERTIFICATE_FILE",
+            old.ssl_certificate_file != new.ssl_certificate_file,
+        ),
+        (
+            "SSL_PRIVATE_KEY_FILE",
+            old.ssl_private_key_file != new.ssl_private_key_file,
+        ),
+        ("ERROR_LOG_FILE", old.error_log_file != new.error_log_file),
+        ("DEFERRED_Q_DIR", old.deferred_q_dir != new.deferred_q_dir),
+        (
+            "DEFERRED_Q_FSYNC",
+            old.deferred_q_fsync != new.deferred_q_fsync,
+        ),
+        (
+            "ACCESS_LOG_FILE",
+            old.access_log_file != new.access_log_file,
+        ),
+        ("ADMIN_ADDRESS", old.admin_address != new.admin_address),
+        ("ADMIN_PORT", old.admin_port != new.admin_port),
+    ];
+    changed
+        .iter()
+        .filter(|(_, c)| *c)
+        .map(|(key, _)| format!("{key} changed: the new value applies after a restart"))
+        .collect()
 }

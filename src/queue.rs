@@ -145,8 +145,9 @@ fn deliver(
         headers: &req.headers,
         body: &req.body,
     };
-    let (idx, mut exchange) = proxy.try_endpoints(&out, buf, scratch)?;
-    let endpoint = proxy.upstreams.list[idx].label.clone();
+    let settings = proxy.settings();
+    let (idx, mut exchange) = settings.try_endpoints(&proxy.errlog, &out, buf, scratch)?;
+    let endpoint = settings.upstreams.list[idx].label.clone();
     let mut discard = io::sink();
     let mut gathered = Vec::new();
     let mut sink = Sink {
@@ -163,7 +164,7 @@ fn deliver(
         &mut sink,
     );
     if end == (RelayEnd::Complete { reusable: true }) {
-        proxy.upstreams.release(idx, exchange.conn);
+        settings.upstreams.release(idx, exchange.conn);
     }
     Ok((exchange.head.status, endpoint))
 }

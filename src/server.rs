@@ -228,7 +228,7 @@ pub fn run(listener: TcpListener, proxy: Arc<Proxy>, replay: Replay) -> io::Resu
 /// The graceful part of a stop: idle connections are closed, requests being served
 /// get SHUTDOWN_GRACE to finish, and what the in-memory queue still holds is reported.
 fn drain(pool: &Pool, proxy: &Proxy) {
-    let deadline = Instant::now() + proxy.cfg.shutdown_grace;
+    let deadline = Instant::now() + proxy.settings().cfg.shutdown_grace;
     loop {
         pool.close_idle_connections();
         let active = pool.held().saturating_sub(proxy.queue.depth());
@@ -310,7 +310,7 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
 /// closer then drains what the client sent, so closing does not turn into a reset.
 fn reject_flooded(mut stream: TcpStream, proxy: &Proxy) {
     proxy.errlog.record(&proxy.listener_label, LogCode::Flooded);
-    let reply = proxy.render_reply(Reply::Flooded, true, false);
+    let reply = proxy.settings().render_reply(Reply::Flooded, true, false);
     let _ = stream.set_nonblocking(true);
     let _ = stream.write_all(&reply);
     let _ = stream.shutdown(Shutdown::Write);

@@ -1,6 +1,6 @@
 //! Signals (SPEC §10), handled on their own thread with signal-hook so that nothing runs
 //! inside a signal handler: SIGTERM/SIGINT begin a graceful stop (a second one exits at
-//! once), SIGUSR1 reopens the error log.
+//! once), SIGHUP reloads the configuration, SIGUSR1 reopens the error log.
 
 use std::io;
 use std::net::{Shutdown, TcpListener};
@@ -34,7 +34,7 @@ fn handle(signal: i32, proxy: &Proxy, listener: &TcpListener) {
             if proxy.begin_stop() {
                 log::info!(
                     "signal {signal}: stopping (in-flight requests get {:?})",
-                    proxy.cfg.shutdown_grace
+                    proxy.settings().cfg.shutdown_grace
                 );
                 let _ = SockRef::from(listener).shutdown(Shutdown::Read);
             } else {
@@ -49,7 +49,15 @@ fn handle(signal: i32, proxy: &Proxy, listener: &TcpListener) {
                 proxy.errlog.path().display()
             ),
         },
-        SIGHUP => log::warn!("SIGHUP: live reload is not supported yet; restart to apply changes"),
+        SIGHUP => match proxy.reload() {
+            Ok(notes) => {
+                for note in notes {
+                    log::warn!("SIGHUP: {note}");
+                }
+                log::info!("SIGHUP: configuration reloaded");
+            }
+            Err(e) => log::error!("SIGHUP: reload failed, keeping the running configuration: {e}"),
+        },
         _ => {}
     }
 }

@@ -8,7 +8,7 @@
 use std::io::{self, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use native_tls::TlsConnector;
@@ -87,7 +87,7 @@ impl Upstream {
 
 /// Everything needed to reach the endpoints.
 pub struct Upstreams {
-    pub list: Vec<Upstream>,
+    pub list: Vec<Arc<Upstream>>,
     tls: Option<TlsConnector>,
     timeout: Option<Duration>,
     max_idle_per_endpoint: usize,
@@ -109,14 +109,30 @@ pub struct Exchange {
 }
 
 impl Upstreams {
+    /// The endpoints of a configuration. Those also in `previous` (a reload) are the
+    /// same objects, so their pooled connections and error counts carry over.
     pub fn new(
         endpoints: &[Endpoint],
         tls: Option<TlsConnector>,
         timeout: Option<Duration>,
         max_idle_per_endpoint: usize,
+        previous: Option<&Upstreams>,
     ) -> Self {
+        let reuse = |e: &Endpoint| {
+            let old = previous.and_then(|p| p.list.iter().find(|u| u.endpoint == *e));
+            match old {
+                // Pooled sockets carry the timeout they were dialled with.
+                Some(old) if previous.is_some_and(|p| p.timeout == timeout) => Arc::clone(old),
+                Some(old) => {
+                    let fresh = Upstream::new(e.clone());
+                    fresh.errors.store(old.errors(), Ordering::Relaxed);
+                    Arc::new(fresh)
+                }
+                None => Arc::new(Upstream::new(e.clone())),
+            }
+        };
         Upstreams {
-            list: endpoints.iter().cloned().map(Upstream::new).collect(),
+            list: endpoints.iter().map(reuse).collect(),
             tls,
             timeout,
             max_idle_per_endpoint,
@@ -129,7 +145,7 @@ impl Upstreams {
 
     pub fn error_counts(&self, into: &mut Vec<u32>) {
         into.clear();
-        into.extend(self.list.iter().map(Upstream::errors));
+        into.extend(self.list.iter().map(|u| u.errors()));
     }
 
     /// One attempt on endpoint `idx`: a pooled connection if there is one, else a new

@@ -9,10 +9,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::accesslog;
 use crate::buffer::IoBuf;
 use crate::error::{is_timeout, ClientError, LogCode, Reply};
 use crate::forward::{self, ClientFraming};
-use crate::http::{parse_request, BodyFraming, ChunkedDecoder, HeadLimits, RequestHead};
+use crate::http::headers;
+use crate::http::{parse_request, BodyFraming, ChunkedDecoder, HeadLimits, RequestHead, Version};
+use crate::metrics::{self, METRICS};
 use crate::proxy::{Proxy, Scratch, Settings};
 use crate::queue::QueuedRequest;
 use crate::relay::{self, RelayEnd, Sink, RELAY_READ_BYTES};
@@ -82,6 +85,52 @@ pub struct Worker {
     scratch: Scratch,
     /// The settings snapshot and its generation, refreshed before each request.
     settings: (u64, Arc<Settings>),
+    /// What the current request did, for the access log and /metrics.
+    outcome: Outcome,
+}
+
+/// What one request did.
+#[derive(Default)]
+struct Outcome {
+    status: u16,
+    /// The response came from an endpoint (generated replies are counted elsewhere).
+    relayed: bool,
+    body_bytes: u64,
+    upstream: Option<usize>,
+    attempts: u32,
+    upstream_time: Option<Duration>,
+    queued: Option<&'static str>,
+    request_id: String,
+}
+
+impl Outcome {
+    fn reset(&mut self) {
+        let mut id = std::mem::take(&mut self.request_id);
+        id.clear();
+        *self = Outcome {
+            request_id: id,
+            ..Outcome::default()
+        };
+    }
+}
+
+/// Counts a client connection as active for as long as it lives.
+struct ActiveConnection;
+
+impl ActiveConnection {
+    fn open() -> Self {
+        metrics::inc(&METRICS.connections_total);
+        metrics::inc(&METRICS.connections_active);
+        ActiveConnection
+    }
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        METRICS
+            .connections_active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Worker {
@@ -95,12 +144,14 @@ impl Worker {
             headers: Vec::new(),
             scratch: Scratch::new(),
             settings: proxy.snapshot(),
+            outcome: Outcome::default(),
             proxy,
         }
     }
 
     /// Serves every request of one connection, then closes it.
     pub fn serve(&mut self, accepted: Accepted, slot: &WorkerSlot, pool: &Pool) {
+        let _active = ActiveConnection::open();
         let Some(stream) = self.handshake(accepted.stream) else {
             return;
         };
@@ -120,6 +171,8 @@ impl Worker {
                 Err(e) => return self.refuse(client, e, false),
             };
             wait = Wait::KeepAlive;
+            let started = Instant::now();
+            self.outcome.reset();
             if !pool.try_hold() {
                 self.proxy
                     .errlog
@@ -128,9 +181,12 @@ impl Worker {
                     self.settings
                         .1
                         .render_reply(Reply::Flooded, true, head.method == "HEAD");
+                self.outcome.status = Reply::Flooded.parts().0;
+                self.record(&client, &head, started);
                 return close_after(client, &reply, &self.proxy);
             }
             let (next, hold) = self.handle(&mut client, &head);
+            self.record(&client, &head, started);
             if hold == Hold::Released {
                 pool.release_hold();
             }
@@ -359,6 +415,7 @@ impl Worker {
             &mut self.line,
             &mut self.headers,
         );
+        self.outcome.request_id.push_str(&request_id);
         let queueable = settings.is_queueable(&head.method, &head.target);
         if queueable && settings.cfg.enable_upfront_q {
             return self.enqueue(client, head, request_id, Reply::Queued);
@@ -369,9 +426,13 @@ impl Worker {
             headers: &self.headers,
             body: &self.body,
         };
-        match settings.try_endpoints(&proxy.errlog, &req, &mut self.upbuf, &mut self.scratch) {
+        let upstream_started = Instant::now();
+        let tried = settings.try_endpoints(&proxy.errlog, &req, &mut self.upbuf, &mut self.scratch);
+        self.outcome.attempts = self.scratch.attempts;
+        match tried {
             Ok((idx, exchange)) => {
                 let next = self.relay_response(client, head, &settings, idx, exchange);
+                self.outcome.upstream_time = Some(upstream_started.elapsed());
                 (next, Hold::Released)
             }
             Err(_) if queueable && settings.cfg.enable_deferred_q => {
@@ -401,7 +462,15 @@ impl Worker {
             queued_at: Instant::now(),
         };
         match self.proxy.queue.push(queued) {
-            Ok(()) => (self.reply(client, head, reply), Hold::Queued),
+            Ok(()) => {
+                metrics::inc(&METRICS.queued_total);
+                self.outcome.queued = Some(if reply == Reply::Queued {
+                    "upfront"
+                } else {
+                    "deferred"
+                });
+                (self.reply(client, head, reply), Hold::Queued)
+            }
             Err(_) => {
                 log::error!("queue full: {} {} not buffered", head.method, head.target);
                 (self.reply(client, head, Reply::Unavailable), Hold::Released)
@@ -411,6 +480,7 @@ impl Worker {
 
     /// Writes a generated response and keeps the connection if the client wants to.
     fn reply(&mut self, client: &mut Client, head: &RequestHead, reply: Reply) -> Next {
+        self.outcome.status = reply.parts().0;
         let close = !head.keep_alive || reply.closes_connection() || self.proxy.stopping();
         let bytes = self
             .settings
@@ -445,7 +515,7 @@ impl Worker {
         idx: usize,
         exchange: Exchange,
     ) -> Next {
-        let (proxy, upbuf, out) = (&self.proxy, &mut self.upbuf, &mut self.out);
+        let (proxy, upbuf, out) = (Arc::clone(&self.proxy), &mut self.upbuf, &mut self.out);
         let Exchange {
             mut conn,
             head: resp,
@@ -464,8 +534,14 @@ impl Worker {
             client: &mut client.stream,
             out,
             framing,
+            body_bytes: 0,
         };
-        match relay::relay_body(&mut conn, upbuf, resp.framing, resp.keep_alive, &mut sink) {
+        let end = relay::relay_body(&mut conn, upbuf, resp.framing, resp.keep_alive, &mut sink);
+        self.outcome.status = resp.status;
+        self.outcome.relayed = true;
+        self.outcome.body_bytes = sink.body_bytes;
+        self.outcome.upstream = Some(idx);
+        match end {
             RelayEnd::Complete { reusable } => {
                 if reusable {
                     settings.upstreams.release(idx, conn);
@@ -487,6 +563,45 @@ impl Worker {
                 Next::Abort
             }
         }
+    }
+
+    /// Counts a finished request in /metrics and writes its access log line.
+    fn record(&self, client: &Client, head: &RequestHead, started: Instant) {
+        let o = &self.outcome;
+        let took = started.elapsed();
+        if o.relayed {
+            METRICS.response(o.status);
+        }
+        METRICS.total_latency.observe(took);
+        if let Some(t) = o.upstream_time {
+            METRICS.upstream_latency.observe(t);
+        }
+        let Some(log) = &self.proxy.access_log else {
+            return;
+        };
+        let settings = &self.settings.1;
+        log.record(&accesslog::Entry {
+            client: client.peer.ip(),
+            method: &head.method,
+            target: &head.target,
+            version: match head.version {
+                Version::Http10 => "HTTP/1.0",
+                Version::Http11 => "HTTP/1.1",
+            },
+            status: o.status,
+            body_bytes: o.body_bytes,
+            referer: headers::find(&head.headers, "referer").map(|h| h.value.as_slice()),
+            user_agent: headers::find(&head.headers, "user-agent").map(|h| h.value.as_slice()),
+            upstream: o
+                .upstream
+                .and_then(|i| settings.upstreams.list.get(i))
+                .map(|u| u.label.as_str()),
+            attempts: o.attempts,
+            upstream_time: o.upstream_time,
+            request_time: took,
+            queued: o.queued,
+            request_id: &o.request_id,
+        });
     }
 
     fn shrink_body(&mut self) {

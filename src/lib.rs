@@ -8,6 +8,8 @@
 //! response back). `error` maps every failure to its response and log code.
 #![forbid(unsafe_code)]
 
+pub mod accesslog;
+pub mod admin;
 pub mod balancer;
 pub mod buffer;
 pub mod config;
@@ -18,6 +20,7 @@ pub mod forward;
 pub mod http;
 pub mod linger;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod queue;
 pub mod relay;

@@ -5,16 +5,17 @@
 //! failure is one line on stderr, `serviceq: FILE[:LINE]: [KEY: ]problem`, exit 1.
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use log::LevelFilter;
 
+use serviceq::accesslog::AccessLog;
 use serviceq::config::{self, Config, ConfigError};
 use serviceq::logging::{self, ErrorLog};
-use serviceq::proxy::{Proxy, TlsSetup};
+use serviceq::proxy::{Logs, Proxy, TlsSetup};
 use serviceq::{server, tls};
 
 const DEFAULT_CONFIG: &str = "/opt/serviceq/config/sq.properties";
@@ -76,7 +77,10 @@ fn run() -> Result<(), String> {
         println!("{}", summary(&cfg));
         return Ok(());
     }
-    let errlog = open_error_log(&cfg, offset)?;
+    let logs = Logs {
+        errors: open_error_log(&cfg, offset)?,
+        access: open_access_log(&cfg, offset)?,
+    };
     let addr = SocketAddr::new(cfg.listener_address, cfg.listener_port);
     let listener = server::bind(addr).map_err(|e| {
         startup_error(
@@ -86,14 +90,16 @@ fn run() -> Result<(), String> {
         )
     })?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
-    let (proxy, replay) = Proxy::new(cfg, errlog, bound.port(), tls).map_err(|e| e.to_string())?;
+    let admin = bind_admin(&cfg)?;
+    let (proxy, replay) = Proxy::new(cfg, logs, bound.port(), tls).map_err(|e| e.to_string())?;
     log::info!(
         "listening on {bound} ({}, serviceq {VERSION}, {} workers, endpoints {})",
         proxy.forwarded_proto,
         proxy.peak(),
         endpoint_list(&proxy.settings().cfg)
     );
-    server::run(listener, Arc::new(proxy), replay).map_err(|e| format!("listener failed: {e}"))
+    server::run(listener, admin, Arc::new(proxy), replay)
+        .map_err(|e| format!("listener failed: {e}"))
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
@@ -151,6 +157,41 @@ fn open_error_log(cfg: &Config, offset: time::UtcOffset) -> Result<ErrorLog, Str
             format!("cannot open {}: {e}", path.display()),
         )
     })
+}
+
+/// Binds the admin listener when ADMIN_PORT is set.
+fn bind_admin(cfg: &Config) -> Result<Option<TcpListener>, String> {
+    if cfg.admin_port == 0 {
+        return Ok(None);
+    }
+    let addr = SocketAddr::new(cfg.admin_address, cfg.admin_port);
+    let listener = server::bind(addr)
+        .map_err(|e| startup_error(cfg, "ADMIN_PORT", format!("cannot listen on {addr}: {e}")))?;
+    log::info!("admin listener on {addr} (/metrics, /status, /healthz)");
+    Ok(Some(listener))
+}
+
+/// Opens ACCESS_LOG_FILE when it is set, creating its directory if it is missing.
+fn open_access_log(cfg: &Config, offset: time::UtcOffset) -> Result<Option<AccessLog>, String> {
+    let Some(path) = &cfg.access_log_file else {
+        return Ok(None);
+    };
+    create_parent(cfg, "ACCESS_LOG_FILE", path)?;
+    AccessLog::open(path, offset).map(Some).map_err(|e| {
+        startup_error(
+            cfg,
+            "ACCESS_LOG_FILE",
+            format!("cannot open {}: {e}", path.display()),
+        )
+    })
+}
+
+fn create_parent(cfg: &Config, key: &str, path: &Path) -> Result<(), String> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::create_dir_all(dir)
+            .map_err(|e| startup_error(cfg, key, format!("cannot create {}: {e}", dir.display()))),
+        None => Ok(()),
+    }
 }
 
 fn startup_error(cfg: &Config, key: &str, message: String) -> String {

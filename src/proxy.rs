@@ -10,6 +10,7 @@ use native_tls::{TlsAcceptor, TlsConnector};
 
 use rand::rngs::SmallRng;
 
+use crate::accesslog::AccessLog;
 use crate::balancer;
 use crate::buffer::IoBuf;
 use crate::config::Config;
@@ -72,6 +73,8 @@ impl RequestIds {
 pub struct Scratch {
     pub errors: Vec<u32>,
     pub rng: SmallRng,
+    /// Attempts the last `try_endpoints` made (for the access log).
+    pub attempts: u32,
 }
 
 impl Scratch {
@@ -80,6 +83,7 @@ impl Scratch {
         Scratch {
             errors: Vec::new(),
             rng: SmallRng::from_entropy(),
+            attempts: 0,
         }
     }
 }
@@ -134,6 +138,7 @@ impl Settings {
         let mut last = None;
         let mut idx = 0;
         for attempt in 0..self.cfg.max_retries {
+            scratch.attempts = attempt + 1;
             if attempt == 0 {
                 ups.error_counts(&mut scratch.errors);
                 idx = balancer::first_choice(&scratch.errors, &mut scratch.rng);
@@ -150,7 +155,7 @@ impl Settings {
                     return Ok((idx, exchange));
                 }
                 Err(e) => {
-                    up.record_failure();
+                    up.record_failure(e.log_code());
                     errlog.record(&up.label, e.log_code());
                     log::debug!("{} attempt on {}: {e}", req.method, up.label);
                     last = Some(e);
@@ -161,8 +166,10 @@ impl Settings {
     }
 
     /// A SPEC §6 response: JSON body, Content-Length, the custom response headers, and
-    /// `Connection: close` when the connection ends after it.
+    /// `Connection: close` when the connection ends after it. Counted in /metrics here,
+    /// the one place every generated response passes.
     pub fn render_reply(&self, reply: Reply, close: bool, head_only: bool) -> Vec<u8> {
+        crate::metrics::METRICS.reply(reply);
         let (status, reason, msg) = reply.parts();
         let body = format!("{{\"sq_msg\":\"{msg}\"}}");
         let mut out = format!(
@@ -194,6 +201,8 @@ pub struct Proxy {
     /// Bumped by every reload, so workers refresh their snapshot with one atomic load.
     generation: AtomicU64,
     pub errlog: ErrorLog,
+    /// ACCESS_LOG_FILE, when set.
+    pub access_log: Option<AccessLog>,
     pub linger: Lingerer,
     /// `serviceq:PORT`: the "endpoint" of 601 log lines.
     pub listener_label: String,
@@ -208,6 +217,12 @@ pub struct Proxy {
     stopping: AtomicBool,
 }
 
+/// The log files, opened at start-up.
+pub struct Logs {
+    pub errors: ErrorLog,
+    pub access: Option<AccessLog>,
+}
+
 /// TLS for both sides, checked at start-up by `tls.rs`.
 pub struct TlsSetup {
     pub acceptor: Option<TlsAcceptor>,
@@ -216,12 +231,7 @@ pub struct TlsSetup {
 
 impl Proxy {
     /// The proxy, and the consumer end of its queue for the replay thread.
-    pub fn new(
-        cfg: Config,
-        errlog: ErrorLog,
-        port: u16,
-        tls: TlsSetup,
-    ) -> io::Result<(Self, Replay)> {
+    pub fn new(cfg: Config, logs: Logs, port: u16, tls: TlsSetup) -> io::Result<(Self, Replay)> {
         let (queue, replay) = queue::channel(cfg.concurrency_peak);
         let proxy = Proxy {
             queue,
@@ -229,7 +239,8 @@ impl Proxy {
             peak: cfg.concurrency_peak,
             stopping: AtomicBool::new(false),
             generation: AtomicU64::new(0),
-            errlog,
+            errlog: logs.errors,
+            access_log: logs.access,
             linger: Lingerer::start()?,
             listener_label: format!("serviceq:{port}"),
             ids: RequestIds::new(),

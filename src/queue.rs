@@ -104,6 +104,7 @@ impl Replay {
             loop {
                 match deliver(proxy, &req, &mut buf, &mut scratch) {
                     Ok((status, endpoint)) => {
+                        crate::metrics::inc(&crate::metrics::METRICS.replayed_total);
                         log::info!(
                             "replayed {} {} (X-Request-Id {}): {status} from {endpoint} after {:.1?} queued; {} left",
                             req.method,
@@ -154,6 +155,7 @@ fn deliver(
         client: &mut discard,
         out: &mut gathered,
         framing: ClientFraming::AsIs,
+        body_bytes: 0,
     };
     let head = &exchange.head;
     let end = relay_body(

@@ -30,6 +30,8 @@ pub struct Sink<'a, W: Write> {
     pub client: &'a mut W,
     pub out: &'a mut Vec<u8>,
     pub framing: ClientFraming,
+    /// Body bytes relayed so far (before framing).
+    pub body_bytes: u64,
 }
 
 impl<W: Write> Sink<'_, W> {
@@ -37,6 +39,7 @@ impl<W: Write> Sink<'_, W> {
         if data.is_empty() {
             return Ok(());
         }
+        self.body_bytes += data.len() as u64;
         let chunked = self.framing == ClientFraming::Chunked;
         if chunked {
             self.out

@@ -211,11 +211,19 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// Starts the workers, then accepts connections on this thread until the listener
-/// fails.
-pub fn run(listener: TcpListener, proxy: Arc<Proxy>, replay: Replay) -> io::Result<()> {
+/// Starts the workers, the replay thread and the admin listener, then accepts
+/// connections on this thread until a stop (or the listener fails).
+pub fn run(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    proxy: Arc<Proxy>,
+    replay: Replay,
+) -> io::Result<()> {
     let pool = Arc::new(Pool::new(proxy.peak()));
     replay.start(Arc::clone(&proxy), Arc::clone(&pool))?;
+    if let Some(admin) = admin {
+        crate::admin::start(admin, Arc::clone(&proxy), Arc::clone(&pool))?;
+    }
     let (tx, rx) = crossbeam_channel::bounded::<Accepted>(proxy.peak());
     spawn_workers(&pool, &proxy, &rx)?;
     crate::signals::spawn(Arc::clone(&proxy), listener.try_clone()?)?;
@@ -244,6 +252,9 @@ fn drain(pool: &Pool, proxy: &Proxy) {
     let queued = proxy.queue.depth();
     if queued > 0 {
         log::warn!("{queued} queued requests dropped: the queue is held in memory only");
+    }
+    if let Some(access) = &proxy.access_log {
+        access.flush();
     }
     log::info!("stopped");
 }

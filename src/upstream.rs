@@ -7,7 +7,7 @@
 
 use std::io::{self, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use native_tls::TlsConnector;
 
 use crate::buffer::IoBuf;
 use crate::config::{Endpoint, Scheme};
-use crate::error::AttemptError;
+use crate::error::{AttemptError, LogCode};
 use crate::http::{parse_response, HeadError, HeadLimits, ResponseHead};
 use crate::stream::{write_all_vectored, Stream};
 
@@ -41,7 +41,19 @@ pub struct Upstream {
     pub host_header: String,
     errors: AtomicU32,
     idle: Mutex<Vec<(Stream, Instant)>>,
+    /// Attempts made on this endpoint, for /metrics.
+    pub attempts: AtomicU64,
+    /// Failed attempts by `LogCode` (in `FAILURE_CODES` order), for /metrics.
+    pub failures: [AtomicU64; 4],
 }
+
+/// The failure codes counted per endpoint, in the order of `Upstream::failures`.
+pub const FAILURE_CODES: [LogCode; 4] = [
+    LogCode::UpstreamDown,
+    LogCode::UpstreamTimedOut,
+    LogCode::UpstreamNoResponse,
+    LogCode::UpstreamBadResponse,
+];
 
 impl Upstream {
     fn new(endpoint: Endpoint) -> Self {
@@ -51,6 +63,8 @@ impl Upstream {
             endpoint,
             errors: AtomicU32::new(0),
             idle: Mutex::new(Vec::new()),
+            attempts: AtomicU64::new(0),
+            failures: [const { AtomicU64::new(0) }; 4],
         }
     }
 
@@ -58,8 +72,11 @@ impl Upstream {
         self.errors.load(Ordering::Relaxed)
     }
 
-    pub fn record_failure(&self) {
+    pub fn record_failure(&self, code: LogCode) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = FAILURE_CODES.iter().position(|&c| c == code) {
+            self.failures[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn record_success(&self) {
@@ -158,6 +175,7 @@ impl Upstreams {
         buf: &mut IoBuf,
     ) -> Result<Exchange, AttemptError> {
         let up = &self.list[idx];
+        up.attempts.fetch_add(1, Ordering::Relaxed);
         if let Some(conn) = up.checkout() {
             match self.exchange(conn, up, req, buf) {
                 Err(Failure::Stale(e)) => {

@@ -1,0 +1,302 @@
+//! The admin listener (ADMIN_ADDRESS:ADMIN_PORT): `/metrics` (Prometheus text format),
+//! `/status` (an HTML page for people), `/healthz`. It runs on its own thread, one
+//! request at a time with short timeouts, so it never takes a client worker; it binds
+//! loopback by default and must not be exposed (it has no authentication).
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::metrics::{self, EndpointFigures, Gauges};
+use crate::proxy::Proxy;
+use crate::server::Pool;
+use crate::upstream::FAILURE_CODES;
+
+/// Bounds one admin request: a stuck client must not block the next.
+const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_ADMIN_HEAD_BYTES: usize = 8 * 1024;
+/// The status page's history: one sample every 5 s for 10 minutes.
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+const SAMPLES_KEPT: usize = 120;
+/// "Recent traffic" on the status page: the last minute.
+const RECENT_SAMPLES: usize = 12;
+
+/// One history sample: queue depth and each endpoint's attempt total at that time.
+struct Sample {
+    queue_depth: usize,
+    attempts: Vec<(String, u64)>,
+}
+
+struct Admin {
+    proxy: Arc<Proxy>,
+    pool: Arc<Pool>,
+    started: Instant,
+    history: Mutex<VecDeque<Sample>>,
+}
+
+/// Starts the admin thread and its sampler.
+pub fn start(listener: TcpListener, proxy: Arc<Proxy>, pool: Arc<Pool>) -> std::io::Result<()> {
+    let admin = Arc::new(Admin {
+        proxy,
+        pool,
+        started: Instant::now(),
+        history: Mutex::new(VecDeque::with_capacity(SAMPLES_KEPT)),
+    });
+    admin.sample();
+    let sampler = Arc::clone(&admin);
+    thread::Builder::new()
+        .name("admin-sampler".into())
+        .stack_size(128 * 1024)
+        .spawn(move || loop {
+            thread::sleep(SAMPLE_EVERY);
+            sampler.sample();
+        })?;
+    thread::Builder::new().name("admin".into()).spawn(move || {
+        for stream in listener.incoming().flatten() {
+            admin.serve(stream);
+        }
+    })?;
+    Ok(())
+}
+
+impl Admin {
+    fn sample(&self) {
+        let settings = self.proxy.settings();
+        let attempts = settings
+            .upstreams
+            .list
+            .iter()
+            .map(|u| (u.label.clone(), metrics::Metrics::get(&u.attempts)))
+            .collect();
+        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        if h.len() == SAMPLES_KEPT {
+            h.pop_front();
+        }
+        h.push_back(Sample {
+            queue_depth: self.proxy.queue.depth(),
+            attempts,
+        });
+    }
+
+    fn serve(&self, mut stream: TcpStream) {
+        let _ = stream.set_read_timeout(Some(ADMIN_IO_TIMEOUT));
+        let _ = stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT));
+        let Some((method, path)) = read_request_line(&mut stream) else {
+            return;
+        };
+        let (status, ctype, body) = match path.as_str() {
+            "/metrics" => (
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics::export(&self.gauges(), &self.endpoints()),
+            ),
+            "/status" => ("200 OK", "text/html; charset=utf-8", self.status_page()),
+            "/healthz" if self.proxy.stopping() => {
+                ("503 Service Unavailable", "text/plain", "stopping\n".into())
+            }
+            "/healthz" => ("200 OK", "text/plain", "ok\n".into()),
+            _ => ("404 Not Found", "text/plain", "not found\n".into()),
+        };
+        let (status, body) = if method == "GET" || method == "HEAD" {
+            (status, body)
+        } else {
+            ("404 Not Found", "not found\n".to_string())
+        };
+        let head = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = stream.write_all(head.as_bytes());
+        if method != "HEAD" {
+            let _ = stream.write_all(body.as_bytes());
+        }
+    }
+
+    fn gauges(&self) -> Gauges {
+        Gauges {
+            busy_workers: self.pool.busy_workers(),
+            workers: self.proxy.peak(),
+            held_requests: self.pool.held(),
+            queue_depth: self.proxy.queue.depth(),
+            uptime: self.started.elapsed(),
+        }
+    }
+
+    fn endpoints(&self) -> Vec<EndpointFigures> {
+        let settings = self.proxy.settings();
+        settings
+            .upstreams
+            .list
+            .iter()
+            .map(|u| EndpointFigures {
+                label: u.label.clone(),
+                error_count: u.errors(),
+                attempts: metrics::Metrics::get(&u.attempts),
+                failures: std::array::from_fn(|i| {
+                    (
+                        FAILURE_CODES[i].name(),
+                        metrics::Metrics::get(&u.failures[i]),
+                    )
+                }),
+                idle_connections: u.idle_count(),
+            })
+            .collect()
+    }
+
+    /// Each endpoint's share of the attempts made in the last minute.
+    fn recent_shares(&self, endpoints: &[EndpointFigures]) -> Vec<Option<f64>> {
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let base = h.iter().rev().nth(RECENT_SAMPLES).or_else(|| h.front());
+        let delta = |e: &EndpointFigures| {
+            let before = base
+                .and_then(|s| s.attempts.iter().find(|(l, _)| *l == e.label))
+                .map_or(0, |(_, n)| *n);
+            e.attempts.saturating_sub(before)
+        };
+        let total: u64 = endpoints.iter().map(delta).sum();
+        endpoints
+            .iter()
+            .map(|e| (total > 0).then(|| delta(e) as f64 / total as f64))
+            .collect()
+    }
+
+    fn status_page(&self) -> String {
+        let g = self.gauges();
+        let endpoints = self.endpoints();
+        let shares = self.recent_shares(&endpoints);
+        let depths: Vec<usize> = {
+            let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+            h.iter()
+                .map(|s| s.queue_depth)
+                .chain([g.queue_depth])
+                .collect()
+        };
+        let mut rows = String::new();
+        for (e, share) in endpoints.iter().zip(&shares) {
+            let (class, health) = if e.error_count == 0 {
+                ("up", "healthy".to_string())
+            } else {
+                (
+                    "down",
+                    format!("failing ({} errors in a row)", e.error_count),
+                )
+            };
+            let failed: u64 = e.failures.iter().map(|(_, n)| n).sum();
+            let _ = write!(
+                rows,
+                "<tr class=\"{class}\"><td>{}</td><td>{health}</td><td>{}</td><td>{}</td><td>{}</td><td>{failed}</td><td>{}</td></tr>",
+                html_escape(&e.label),
+                e.error_count,
+                share.map_or("–".to_string(), |s| format!("{:.0}%", s * 100.0)),
+                e.attempts,
+                e.idle_connections,
+            );
+        }
+        format!(
+            include_str!("status.html"),
+            version = env!("CARGO_PKG_VERSION"),
+            uptime = human_duration(g.uptime),
+            busy = g.busy_workers,
+            workers = g.workers,
+            held = g.held_requests,
+            queue = g.queue_depth,
+            rows = rows,
+            chart = queue_chart(&depths),
+        )
+    }
+}
+
+/// Reads the request line of an admin request; None if it is not one.
+fn read_request_line(stream: &mut TcpStream) -> Option<(String, String)> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 || buf.len() + n > MAX_ADMIN_HEAD_BYTES {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let line = buf.split(|&b| b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?.trim_end();
+    let mut parts = line.split(' ');
+    let method = parts.next()?.to_string();
+    let target = parts.next()?;
+    let path = target.split('?').next().unwrap_or(target).to_string();
+    Some((method, path))
+}
+
+/// The queue depth over the last minutes as an inline SVG polyline.
+fn queue_chart(depths: &[usize]) -> String {
+    const W: f64 = 600.0;
+    const H: f64 = 120.0;
+    let max = depths.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let step = if depths.len() > 1 {
+        W / (depths.len() - 1) as f64
+    } else {
+        W
+    };
+    let points: Vec<String> = depths
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| {
+            format!(
+                "{:.1},{:.1}",
+                i as f64 * step,
+                H - d as f64 / max * (H - 10.0)
+            )
+        })
+        .collect();
+    format!(
+        "<svg id=\"queue-chart\" viewBox=\"0 0 {W} {H}\" width=\"{W}\" height=\"{H}\" role=\"img\" \
+         aria-label=\"queue depth over the last {} minutes\"><rect width=\"{W}\" height=\"{H}\" class=\"bg\"/>\
+         <polyline fill=\"none\" stroke-width=\"2\" points=\"{}\"/>\
+         <text x=\"4\" y=\"14\">max {}</text></svg>",
+        (depths.len() * SAMPLE_EVERY.as_secs() as usize).div_ceil(60).max(1),
+        points.join(" "),
+        max as usize
+    )
+}
+
+fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    format!(
+        "{}d {:02}h {:02}m {:02}s",
+        s / 86400,
+        s / 3600 % 24,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chart_scales_to_the_largest_depth() {
+        let svg = queue_chart(&[0, 5, 10]);
+        assert!(
+            svg.contains("points=\"0.0,120.0 300.0,65.0 600.0,10.0\""),
+            "{svg}"
+        );
+        assert!(svg.contains("max 10"));
+        assert!(queue_chart(&[]).contains("<svg"));
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human_duration(Duration::from_secs(90061)), "1d 01h 01m 01s");
+    }
+}

@@ -282,9 +282,11 @@ impl Worker {
         }
     }
 
-    /// Waits, reclaimable, for the first byte of a request. The first request of a
-    /// connection gets CLIENT_HEADER_TIMEOUT, later ones KEEP_ALIVE_TIMEOUT; running out
-    /// closes quietly, as nginx does, since no request was started.
+    /// Waits for the first byte of a request. The first request of a connection gets
+    /// CLIENT_HEADER_TIMEOUT, later ones KEEP_ALIVE_TIMEOUT; running out closes quietly,
+    /// as nginx does, since no request was started. Only the wait between two requests
+    /// is reclaimable: a new client has usually sent its request already, and reclaiming
+    /// its worker would drop that request unanswered.
     fn wait_for_request(
         &mut self,
         client: &mut Client,
@@ -304,13 +306,14 @@ impl Worker {
         client
             .set_read_timeout(timeout)
             .map_err(ClientError::Gone)?;
-        if !slot.go_idle(pool.now_ms()) {
+        let reclaimable = wait == Wait::KeepAlive;
+        if reclaimable && !slot.go_idle(pool.now_ms()) {
             return Ok(false);
         }
         let read = self
             .inbuf
             .read_from(&mut client.stream, cfg.max_header_size);
-        if !slot.go_busy() {
+        if reclaimable && !slot.go_busy() {
             // The acceptor closed this connection to free the worker; whatever
             // arrived meanwhile is dropped with it, as on any keep-alive close race.
             return Ok(false);
@@ -460,6 +463,7 @@ impl Worker {
             request_id,
             client: client.peer.ip(),
             queued_at: Instant::now(),
+            seq: None,
         };
         match self.proxy.queue.push(queued) {
             Ok(()) => {

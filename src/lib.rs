@@ -18,6 +18,7 @@ pub mod error;
 pub mod formats;
 pub mod forward;
 pub mod http;
+pub mod journal;
 pub mod linger;
 pub mod logging;
 pub mod metrics;

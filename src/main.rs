@@ -13,9 +13,12 @@ use std::sync::Arc;
 use log::LevelFilter;
 
 use serviceq::accesslog::AccessLog;
+use serviceq::config::FsyncPolicy;
 use serviceq::config::{self, Config, ConfigError};
+use serviceq::journal::{Fsync, Journal, JournalOptions};
 use serviceq::logging::{self, ErrorLog};
-use serviceq::proxy::{Logs, Proxy, TlsSetup};
+use serviceq::proxy::{Durable, Logs, Proxy, TlsSetup};
+use serviceq::queue::QueuedRequest;
 use serviceq::{server, tls};
 
 const DEFAULT_CONFIG: &str = "/opt/serviceq/config/sq.properties";
@@ -89,15 +92,10 @@ fn run() -> Result<(), String> {
             format!("cannot listen on {addr}: {e}"),
         )
     })?;
-    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let durable = open_journal(&cfg)?;
     let admin = bind_admin(&cfg)?;
-    let (proxy, replay) = Proxy::new(cfg, logs, bound.port(), tls).map_err(|e| e.to_string())?;
-    log::info!(
-        "listening on {bound} ({}, serviceq {VERSION}, {} workers, endpoints {})",
-        proxy.forwarded_proto,
-        proxy.peak(),
-        endpoint_list(&proxy.settings().cfg)
-    );
+    let (proxy, replay) = Proxy::new(cfg, logs, port, tls, durable).map_err(|e| e.to_string())?;
     server::run(listener, admin, Arc::new(proxy), replay)
         .map_err(|e| format!("listener failed: {e}"))
 }
@@ -156,6 +154,47 @@ fn open_error_log(cfg: &Config, offset: time::UtcOffset) -> Result<ErrorLog, Str
             "ERROR_LOG_FILE",
             format!("cannot open {}: {e}", path.display()),
         )
+    })
+}
+
+/// Opens the queue journal when DEFERRED_Q_DIR is set and reads back every request not
+/// yet delivered, in order; they are queued again before the listener opens.
+fn open_journal(cfg: &Config) -> Result<Durable, String> {
+    let Some(dir) = &cfg.deferred_q_dir else {
+        if cfg.enable_deferred_q || cfg.enable_upfront_q {
+            log::info!("queue held in memory only (DEFERRED_Q_DIR unset): a restart loses it");
+        }
+        return Ok(Durable::default());
+    };
+    let mut options = JournalOptions::new(dir);
+    options.fsync = match cfg.deferred_q_fsync {
+        FsyncPolicy::Always => Fsync::Always,
+        FsyncPolicy::Interval => Fsync::Interval,
+        FsyncPolicy::Never => Fsync::Never,
+    };
+    let (journal, records, warnings) =
+        Journal::open(options).map_err(|e| startup_error(cfg, "DEFERRED_Q_DIR", e.to_string()))?;
+    for w in warnings {
+        log::warn!("queue journal: {w}");
+    }
+    let mut recovered = Vec::with_capacity(records.len());
+    for rec in &records {
+        match QueuedRequest::decode(rec) {
+            Ok(req) => recovered.push(req),
+            Err(why) => {
+                log::warn!("queue journal: record {} skipped: {why}", rec.seq);
+                let _ = journal.ack(rec.seq);
+            }
+        }
+    }
+    log::info!(
+        "queue journal {}: {} requests recovered",
+        dir.display(),
+        recovered.len()
+    );
+    Ok(Durable {
+        journal: Some(std::sync::Arc::new(journal)),
+        recovered,
     })
 }
 

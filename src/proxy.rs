@@ -15,9 +15,10 @@ use crate::balancer;
 use crate::buffer::IoBuf;
 use crate::config::Config;
 use crate::error::{AttemptError, Reply};
+use crate::journal::Journal;
 use crate::linger::Lingerer;
 use crate::logging::ErrorLog;
-use crate::queue::{self, Queue, Replay};
+use crate::queue::{self, Queue, QueuedRequest, Replay};
 use crate::upstream::{Exchange, OutgoingRequest, Upstreams};
 
 /// Header lines added to every message in one direction, pre-rendered once.
@@ -217,6 +218,13 @@ pub struct Proxy {
     stopping: AtomicBool,
 }
 
+/// The durable queue, opened at start-up: the journal and what it still held.
+#[derive(Default)]
+pub struct Durable {
+    pub journal: Option<Arc<Journal>>,
+    pub recovered: Vec<QueuedRequest>,
+}
+
 /// The log files, opened at start-up.
 pub struct Logs {
     pub errors: ErrorLog,
@@ -231,8 +239,19 @@ pub struct TlsSetup {
 
 impl Proxy {
     /// The proxy, and the consumer end of its queue for the replay thread.
-    pub fn new(cfg: Config, logs: Logs, port: u16, tls: TlsSetup) -> io::Result<(Self, Replay)> {
-        let (queue, replay) = queue::channel(cfg.concurrency_peak);
+    pub fn new(
+        cfg: Config,
+        logs: Logs,
+        port: u16,
+        tls: TlsSetup,
+        durable: Durable,
+    ) -> io::Result<(Self, Replay)> {
+        let (queue, replay) = queue::channel(
+            cfg.concurrency_peak,
+            durable.journal,
+            durable.recovered,
+            cfg.deferred_q_max_age,
+        );
         let proxy = Proxy {
             queue,
             tls: tls.acceptor,

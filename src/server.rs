@@ -219,17 +219,42 @@ pub fn run(
     proxy: Arc<Proxy>,
     replay: Replay,
 ) -> io::Result<()> {
+    // Signals first: a signal that arrives before its handler is set would take its
+    // default action (SIGHUP and SIGUSR1 terminate).
+    crate::signals::spawn(Arc::clone(&proxy), listener.try_clone()?)?;
     let pool = Arc::new(Pool::new(proxy.peak()));
+    // Requests recovered from the journal hold their slots like any queued request.
+    pool.held.fetch_add(proxy.queue.depth(), Ordering::AcqRel);
     replay.start(Arc::clone(&proxy), Arc::clone(&pool))?;
     if let Some(admin) = admin {
         crate::admin::start(admin, Arc::clone(&proxy), Arc::clone(&pool))?;
     }
     let (tx, rx) = crossbeam_channel::bounded::<Accepted>(proxy.peak());
     spawn_workers(&pool, &proxy, &rx)?;
-    crate::signals::spawn(Arc::clone(&proxy), listener.try_clone()?)?;
+    announce(&listener, &proxy)?;
     accept_loop(&listener, &pool, &proxy, &tx)?;
     drop(tx);
     drain(&pool, &proxy);
+    Ok(())
+}
+
+/// The readiness line (tests and init scripts wait for it): everything is running.
+fn announce(listener: &TcpListener, proxy: &Proxy) -> io::Result<()> {
+    let bound = listener.local_addr()?;
+    let settings = proxy.settings();
+    let endpoints: Vec<&str> = settings
+        .upstreams
+        .list
+        .iter()
+        .map(|u| u.label.as_str())
+        .collect();
+    log::info!(
+        "listening on {bound} ({}, serviceq {}, {} workers, endpoints {})",
+        proxy.forwarded_proto,
+        env!("CARGO_PKG_VERSION"),
+        proxy.peak(),
+        endpoints.join(",")
+    );
     Ok(())
 }
 
@@ -250,7 +275,10 @@ fn drain(pool: &Pool, proxy: &Proxy) {
         thread::sleep(DRAIN_POLL);
     }
     let queued = proxy.queue.depth();
-    if queued > 0 {
+    proxy.queue.sync();
+    if queued > 0 && proxy.queue.is_durable() {
+        log::info!("{queued} queued requests stay in the journal for the next start");
+    } else if queued > 0 {
         log::warn!("{queued} queued requests dropped: the queue is held in memory only");
     }
     if let Some(access) = &proxy.access_log {

@@ -75,19 +75,27 @@ pub fn listener_acceptor(cfg: &Config) -> Result<Option<TlsAcceptor>, TlsSetupEr
 
 /// The TLS client for `https://` endpoints: system roots plus SSL_UPSTREAM_CA_FILE, TLS
 /// 1.2 or later, SNI on; verification off only with SSL_UPSTREAM_VERIFY=false.
+/// SSL_UPSTREAM_CA_FILE is checked whenever it is set, so a bad file is found at start
+/// and not on the day an `https://` endpoint is added by a reload.
 pub fn upstream_connector(cfg: &Config) -> Result<Option<TlsConnector>, TlsSetupError> {
+    let mut roots = Vec::new();
+    if let Some(path) = &cfg.ssl_upstream_ca_file {
+        let pem = read_pem(path, "SSL_UPSTREAM_CA_FILE", b"-----BEGIN CERTIFICATE-----")?;
+        for cert in split_pem_certificates(&pem) {
+            roots.push(
+                Certificate::from_pem(cert).map_err(|e| {
+                    fail("SSL_UPSTREAM_CA_FILE", format!("{}: {e}", path.display()))
+                })?,
+            );
+        }
+    }
     if !cfg.endpoints.iter().any(|e| e.scheme == Scheme::Https) {
         return Ok(None);
     }
     let mut builder = TlsConnector::builder();
     builder.min_protocol_version(Some(Protocol::Tlsv12));
-    if let Some(path) = &cfg.ssl_upstream_ca_file {
-        let pem = read_pem(path, "SSL_UPSTREAM_CA_FILE", b"-----BEGIN CERTIFICATE-----")?;
-        for cert in split_pem_certificates(&pem) {
-            let cert = Certificate::from_pem(cert)
-                .map_err(|e| fail("SSL_UPSTREAM_CA_FILE", format!("{}: {e}", path.display())))?;
-            builder.add_root_certificate(cert);
-        }
+    for cert in roots {
+        builder.add_root_certificate(cert);
     }
     if !cfg.ssl_upstream_verify {
         builder.danger_accept_invalid_certs(true);

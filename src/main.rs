@@ -77,6 +77,7 @@ fn run() -> Result<(), String> {
             .map_err(|e| startup_error(&cfg, e.key, e.message))?,
     };
     if args.check {
+        check_journal_dir(&cfg)?;
         println!("{}", summary(&cfg));
         return Ok(());
     }
@@ -196,6 +197,27 @@ fn open_journal(cfg: &Config) -> Result<Durable, String> {
         journal: Some(std::sync::Arc::new(journal)),
         recovered,
     })
+}
+
+/// `--check` cannot open the journal (a running instance holds its lock), so it checks
+/// that DEFERRED_Q_DIR is, or can be created as, a writable directory.
+fn check_journal_dir(cfg: &Config) -> Result<(), String> {
+    let Some(dir) = &cfg.deferred_q_dir else {
+        return Ok(());
+    };
+    let bad =
+        |why: String| startup_error(cfg, "DEFERRED_Q_DIR", format!("{}: {why}", dir.display()));
+    let existing = dir
+        .ancestors()
+        .find(|a| !a.as_os_str().is_empty() && a.exists())
+        .unwrap_or(Path::new("."));
+    if !existing.is_dir() {
+        return Err(bad(format!("{} is not a directory", existing.display())));
+    }
+    let probe = existing.join(format!(".serviceq-check-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| bad(format!("cannot write in {}: {e}", existing.display())))
 }
 
 /// Binds the admin listener when ADMIN_PORT is set.

@@ -8,14 +8,18 @@ pub struct IoBuf {
     bytes: Vec<u8>,
     start: usize,
     end: usize,
+    /// Storage allocated at the first read, so that the 2048 workers of a large
+    /// CONCURRENCY_PEAK cost no buffer memory until they serve a connection.
+    initial: usize,
 }
 
 impl IoBuf {
     pub fn with_capacity(capacity: usize) -> Self {
         IoBuf {
-            bytes: vec![0; capacity],
+            bytes: Vec::new(),
             start: 0,
             end: 0,
+            initial: capacity.max(1),
         }
     }
 
@@ -51,6 +55,9 @@ impl IoBuf {
     pub fn read_from(&mut self, r: &mut impl Read, limit: usize) -> io::Result<Option<usize>> {
         if self.len() >= limit {
             return Ok(None);
+        }
+        if self.bytes.is_empty() {
+            self.bytes.resize(self.initial.min(limit).max(1), 0);
         }
         self.make_room(limit);
         let room = (self.bytes.len() - self.end).min(limit - self.len());

@@ -103,9 +103,18 @@ pub fn parse_request(
     buf: &[u8],
     limits: &HeadLimits,
 ) -> Result<Option<(RequestHead, usize)>, HeadError> {
-    let window = head_window(buf, limits);
-    let mut slots = vec![httparse::EMPTY_HEADER; header_slots(window, limits)];
-    let mut req = httparse::Request::new(&mut slots);
+    with_header_slots(head_window(buf, limits), limits, |window, slots| {
+        request_with_slots(buf, window, limits, slots)
+    })
+}
+
+fn request_with_slots<'w>(
+    buf: &[u8],
+    window: &'w [u8],
+    limits: &HeadLimits,
+    slots: &mut [httparse::Header<'w>],
+) -> Result<Option<(RequestHead, usize)>, HeadError> {
+    let mut req = httparse::Request::new(slots);
     let len = match req.parse(window) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return incomplete(buf, limits),
@@ -133,9 +142,19 @@ pub fn parse_response(
     limits: &HeadLimits,
     request_method: &str,
 ) -> Result<Option<(ResponseHead, usize)>, HeadError> {
-    let window = head_window(buf, limits);
-    let mut slots = vec![httparse::EMPTY_HEADER; header_slots(window, limits)];
-    let mut res = httparse::Response::new(&mut slots);
+    with_header_slots(head_window(buf, limits), limits, |window, slots| {
+        response_with_slots(buf, window, limits, request_method, slots)
+    })
+}
+
+fn response_with_slots<'w>(
+    buf: &[u8],
+    window: &'w [u8],
+    limits: &HeadLimits,
+    request_method: &str,
+    slots: &mut [httparse::Header<'w>],
+) -> Result<Option<(ResponseHead, usize)>, HeadError> {
+    let mut res = httparse::Response::new(slots);
     let len = match res.parse(window) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return incomplete(buf, limits),
@@ -169,11 +188,31 @@ fn head_window<'b>(buf: &'b [u8], limits: &HeadLimits) -> &'b [u8] {
     buf.get(..limits.max_head_bytes).unwrap_or(buf)
 }
 
-/// Header slots for httparse. A field line takes at least 3 bytes (`a:` LF), so a window
-/// cannot hold more than `len / 3` fields: sizing by the window keeps the allocation small
-/// without ever reporting `TooManyHeaders` below `max_headers`.
-fn header_slots(window: &[u8], limits: &HeadLimits) -> usize {
-    limits.max_headers.min(window.len() / 3 + 1)
+/// Header slots kept on the stack: enough for almost every real head, so parsing
+/// allocates nothing for them (a heap array of `max_headers` slots, kilobytes, on every
+/// request showed up in profiles as malloc consolidation).
+const STACK_HEADER_SLOTS: usize = 32;
+
+/// Runs a parse with header slots for httparse: first the stack array; only when that
+/// is too small, a heap array as large as the limits allow. A field line takes at
+/// least 3 bytes (`a:` LF), so a window cannot hold more than `len / 3` fields: sizing
+/// by the window bounds the heap array without ever reporting `TooManyHeaders` below
+/// `max_headers`.
+fn with_header_slots<'w, T>(
+    window: &'w [u8],
+    limits: &HeadLimits,
+    mut parse: impl FnMut(&'w [u8], &mut [httparse::Header<'w>]) -> Result<T, HeadError>,
+) -> Result<T, HeadError> {
+    let needed = limits.max_headers.min(window.len() / 3 + 1);
+    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADER_SLOTS];
+    let first = parse(window, &mut stack[..needed.min(STACK_HEADER_SLOTS)]);
+    match first {
+        Err(HeadError::TooManyHeaders) if needed > STACK_HEADER_SLOTS => {
+            let mut heap = vec![httparse::EMPTY_HEADER; needed];
+            parse(window, &mut heap)
+        }
+        other => other,
+    }
 }
 
 fn incomplete<T>(buf: &[u8], limits: &HeadLimits) -> Result<Option<T>, HeadError> {

@@ -26,7 +26,8 @@ build-nodbg:
 run: build
 	$(BIN) --config $(CONFIG)
 
-test:
+# The static binary is built first so that the suite's smoke test runs against it.
+test: static
 	$(CARGO) test --release --no-fail-fast
 
 # The installed tree (PREFIX):

@@ -65,6 +65,15 @@ struct Client {
 }
 
 impl Client {
+    /// Bounds the next read by what is left until `deadline`.
+    fn set_body_deadline(&mut self, deadline: Instant) -> Result<(), ClientError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ClientError::BodyTimeout);
+        }
+        self.set_read_timeout(Some(left)).map_err(ClientError::Gone)
+    }
+
     fn set_read_timeout(&mut self, t: Option<Duration>) -> io::Result<()> {
         if self.read_timeout != Some(t) {
             self.stream.set_read_timeout(t)?;
@@ -327,7 +336,9 @@ impl Worker {
     }
 
     /// Reads the whole body into `self.body` (it may be retried or queued), bounded by
-    /// MAX_REQUEST_BODY and CLIENT_BODY_TIMEOUT of inactivity.
+    /// MAX_REQUEST_BODY and by CLIENT_BODY_TIMEOUT for the whole body. A deadline rather
+    /// than an inactivity timeout: a client dribbling a byte every second would
+    /// otherwise hold a worker for as long as it likes.
     fn read_body(&mut self, client: &mut Client, head: &RequestHead) -> Result<(), ClientError> {
         self.body.clear();
         let max = self.settings.1.cfg.max_request_body;
@@ -336,9 +347,7 @@ impl Worker {
             BodyFraming::Length(n) if n > max => return Err(ClientError::BodyTooLarge),
             _ => {}
         }
-        client
-            .set_read_timeout(Some(self.settings.1.cfg.client_body_timeout))
-            .map_err(ClientError::Gone)?;
+        let deadline = Instant::now() + self.settings.1.cfg.client_body_timeout;
         if head.expect_continue && self.inbuf.is_empty() {
             client
                 .stream
@@ -346,13 +355,18 @@ impl Worker {
                 .map_err(ClientError::Gone)?;
         }
         match head.framing {
-            BodyFraming::Length(n) => self.read_length_body(client, n as usize),
-            BodyFraming::Chunked => self.read_chunked_body(client, max),
+            BodyFraming::Length(n) => self.read_length_body(client, n as usize, deadline),
+            BodyFraming::Chunked => self.read_chunked_body(client, max, deadline),
             BodyFraming::None => Ok(()),
         }
     }
 
-    fn read_length_body(&mut self, client: &mut Client, n: usize) -> Result<(), ClientError> {
+    fn read_length_body(
+        &mut self,
+        client: &mut Client,
+        n: usize,
+        deadline: Instant,
+    ) -> Result<(), ClientError> {
         let buffered = self.inbuf.len().min(n);
         self.body
             .extend_from_slice(&self.inbuf.filled()[..buffered]);
@@ -361,6 +375,7 @@ impl Worker {
         self.body.resize(n, 0);
         let mut filled = start;
         while filled < n {
+            client.set_body_deadline(deadline)?;
             match io::Read::read(&mut client.stream, &mut self.body[filled..]) {
                 Ok(0) => return Err(ClientError::Gone(io::ErrorKind::UnexpectedEof.into())),
                 Ok(k) => filled += k,
@@ -372,7 +387,12 @@ impl Worker {
         Ok(())
     }
 
-    fn read_chunked_body(&mut self, client: &mut Client, max: u64) -> Result<(), ClientError> {
+    fn read_chunked_body(
+        &mut self,
+        client: &mut Client,
+        max: u64,
+        deadline: Instant,
+    ) -> Result<(), ClientError> {
         let mut decoder = ChunkedDecoder::new();
         loop {
             while !self.inbuf.is_empty() && !decoder.is_done() {
@@ -389,6 +409,7 @@ impl Worker {
             if decoder.is_done() {
                 return Ok(());
             }
+            client.set_body_deadline(deadline)?;
             match self.inbuf.read_from(&mut client.stream, RELAY_READ_BYTES) {
                 Ok(Some(0)) => return Err(ClientError::Gone(io::ErrorKind::UnexpectedEof.into())),
                 Ok(Some(_)) | Ok(None) => {}

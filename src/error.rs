@@ -81,7 +81,7 @@ pub enum ClientError {
     HeadTooLarge,
     BodyTooLarge,
     HeadTimeout,
-    /// Inactivity while reading a body.
+    /// The body did not arrive whole within CLIENT_BODY_TIMEOUT.
     BodyTimeout,
     UnsupportedVersion,
     UnsupportedCoding,
@@ -122,7 +122,7 @@ impl fmt::Display for ClientError {
             ClientError::HeadTooLarge => f.write_str("request head too large"),
             ClientError::BodyTooLarge => f.write_str("request body too large"),
             ClientError::HeadTimeout => f.write_str("request head not received in time"),
-            ClientError::BodyTimeout => f.write_str("request body stalled"),
+            ClientError::BodyTimeout => f.write_str("request body not received in time"),
             ClientError::UnsupportedVersion => f.write_str("unsupported HTTP version"),
             ClientError::UnsupportedCoding => f.write_str("unsupported transfer coding"),
             ClientError::Gone(e) => write!(f, "client connection lost: {e}"),

@@ -88,13 +88,12 @@ impl Upstream {
     }
 
     fn checkout(&self) -> Option<Stream> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((conn, since)) = idle.pop() {
-            if since.elapsed() < POOL_IDLE_TTL {
+        loop {
+            let (conn, since) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+            if since.elapsed() < POOL_IDLE_TTL && is_quiet(&conn) {
                 return Some(conn);
             }
         }
-        None
     }
 
     pub fn idle_count(&self) -> usize {
@@ -273,6 +272,27 @@ impl Failure {
 impl From<AttemptError> for Failure {
     fn from(e: AttemptError) -> Self {
         Failure::Attempt(e)
+    }
+}
+
+/// Whether an idle pooled connection is still clean: nothing to read, not closed.
+/// Bytes that an endpoint sent after a complete response (a body on a HEAD response, an
+/// undercounted Content-Length) would otherwise be read as the response to the next
+/// request on this connection — another client's answer. nginx closes an idle cached
+/// connection on any read event for the same reason. One non-blocking peek; TLS
+/// connections are not checked, since TLS 1.3 servers legitimately send session tickets
+/// after the handshake.
+fn is_quiet(conn: &Stream) -> bool {
+    let Stream::Plain(tcp) = conn else {
+        return true;
+    };
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    match socket2::SockRef::from(tcp)
+        .recv_with_flags(&mut probe, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+    {
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        // Ok(0): closed by the endpoint; Ok(_): stray bytes.
+        Ok(_) => false,
     }
 }
 

@@ -37,8 +37,8 @@ pub struct Upstream {
     pub endpoint: Endpoint,
     /// `scheme://host:port`, as it appears in the error log.
     pub label: String,
-    /// The `Host` header sent to it.
-    pub host_header: String,
+    /// The `Host` header line sent to it, rendered once.
+    host_line: Vec<u8>,
     errors: AtomicU32,
     idle: Mutex<Vec<(Stream, Instant)>>,
     /// Attempts made on this endpoint, for /metrics.
@@ -59,7 +59,7 @@ impl Upstream {
     fn new(endpoint: Endpoint) -> Self {
         Upstream {
             label: endpoint.to_string(),
-            host_header: endpoint.host_header(),
+            host_line: format!("Host: {}\r\n", endpoint.host_header()).into_bytes(),
             endpoint,
             errors: AtomicU32::new(0),
             idle: Mutex::new(Vec::new()),
@@ -200,10 +200,9 @@ impl Upstreams {
         buf: &mut IoBuf,
     ) -> Result<Exchange, Failure> {
         buf.clear();
-        let host = format!("Host: {}\r\n", up.host_header);
         write_all_vectored(
             &mut conn,
-            &[req.request_line, host.as_bytes(), req.headers, req.body],
+            &[req.request_line, &up.host_line, req.headers, req.body],
         )
         .and_then(|()| conn.flush())
         .map_err(Failure::stale_or_lost)?;

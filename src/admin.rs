@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -57,10 +58,34 @@ pub fn start(listener: TcpListener, proxy: Arc<Proxy>, pool: Arc<Pool>) -> std::
         })?;
     thread::Builder::new().name("admin".into()).spawn(move || {
         for stream in listener.incoming().flatten() {
-            admin.serve(stream);
+            serve_in_thread(&admin, stream);
         }
     })?;
     Ok(())
+}
+
+/// Admin requests served at once; beyond this a connection is closed unanswered.
+const MAX_ADMIN_REQUESTS: usize = 8;
+static ADMIN_REQUESTS: AtomicUsize = AtomicUsize::new(0);
+
+/// Each admin request gets a short-lived thread, so a silent connection (a browser's
+/// preconnect, a port scanner) cannot hold up a health check behind it.
+fn serve_in_thread(admin: &Arc<Admin>, stream: TcpStream) {
+    if ADMIN_REQUESTS.fetch_add(1, Ordering::AcqRel) >= MAX_ADMIN_REQUESTS {
+        ADMIN_REQUESTS.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let admin = Arc::clone(admin);
+    let spawned = thread::Builder::new()
+        .name("admin-request".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            admin.serve(stream);
+            ADMIN_REQUESTS.fetch_sub(1, Ordering::AcqRel);
+        });
+    if spawned.is_err() {
+        ADMIN_REQUESTS.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Admin {

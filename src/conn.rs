@@ -506,6 +506,9 @@ impl Worker {
     /// Writes a generated response and keeps the connection if the client wants to.
     fn reply(&mut self, client: &mut Client, head: &RequestHead, reply: Reply) -> Next {
         self.outcome.status = reply.parts().0;
+        if head.method != "HEAD" {
+            self.outcome.body_bytes = reply.body().len() as u64;
+        }
         let close = !head.keep_alive || reply.closes_connection() || self.proxy.stopping();
         let bytes = self
             .settings

@@ -57,6 +57,11 @@ impl Reply {
         }
     }
 
+    /// The JSON body: `{"sq_msg":"…"}`.
+    pub fn body(self) -> String {
+        format!("{{\"sq_msg\":\"{}\"}}", self.parts().2)
+    }
+
     /// Replies to a broken request end the connection: after a framing error the
     /// stream cannot be re-synchronised (SPEC §3), and after 408/413 the rest of the
     /// request is unread.

@@ -171,8 +171,8 @@ impl Settings {
     /// the one place every generated response passes.
     pub fn render_reply(&self, reply: Reply, close: bool, head_only: bool) -> Vec<u8> {
         crate::metrics::METRICS.reply(reply);
-        let (status, reason, msg) = reply.parts();
-        let body = format!("{{\"sq_msg\":\"{msg}\"}}");
+        let (status, reason, _) = reply.parts();
+        let body = reply.body();
         let mut out = format!(
             "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
             body.len()

@@ -231,8 +231,9 @@ pub fn run(
     }
     let (tx, rx) = crossbeam_channel::bounded::<Accepted>(proxy.peak());
     spawn_workers(&pool, &proxy, &rx)?;
+    let tls_rejects = start_tls_rejecter(&proxy)?;
     announce(&listener, &proxy)?;
-    accept_loop(&listener, &pool, &proxy, &tx)?;
+    accept_loop(&listener, &pool, &proxy, &tx, tls_rejects.as_ref())?;
     drop(tx);
     drain(&pool, &proxy);
     Ok(())
@@ -314,6 +315,7 @@ fn accept_loop(
     pool: &Pool,
     proxy: &Proxy,
     tx: &Sender<Accepted>,
+    tls_rejects: Option<&Sender<TcpStream>>,
 ) -> io::Result<()> {
     loop {
         let (stream, peer) = match listener.accept() {
@@ -335,7 +337,7 @@ fn accept_loop(
                 return Ok(());
             }
         } else {
-            reject_flooded(stream, proxy);
+            reject_flooded(stream, proxy, tls_rejects);
         }
     }
 }
@@ -347,13 +349,55 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
 /// SPEC §6: the 429 comes from the accepting thread. The response is far smaller than
 /// a fresh socket's send buffer, so a non-blocking write completes; the lingering
 /// closer then drains what the client sent, so closing does not turn into a reset.
-fn reject_flooded(mut stream: TcpStream, proxy: &Proxy) {
+fn reject_flooded(mut stream: TcpStream, proxy: &Proxy, tls_rejects: Option<&Sender<TcpStream>>) {
     proxy.errlog.record(&proxy.listener_label, LogCode::Flooded);
+    if let Some(rejects) = tls_rejects {
+        // A TLS client needs a handshake first: that is the rejecter's job, so the
+        // acceptor never waits on a client. If it is swamped, the client is closed.
+        let _ = rejects.try_send(stream);
+        return;
+    }
     let reply = proxy.settings().render_reply(Reply::Flooded, true, false);
     let _ = stream.set_nonblocking(true);
     let _ = stream.write_all(&reply);
     let _ = stream.shutdown(Shutdown::Write);
     proxy.linger.close(stream);
+}
+
+/// Connections waiting for the TLS rejecter; beyond this they are closed unanswered.
+const TLS_REJECT_BACKLOG: usize = 64;
+/// The longest a flooded TLS client's handshake may take.
+const TLS_REJECT_HANDSHAKE: Duration = Duration::from_secs(2);
+
+/// On a TLS listener, the thread that completes the handshake of a flooded client and
+/// writes its 429 (SPEC §6: the client reads a complete response).
+fn start_tls_rejecter(proxy: &Arc<Proxy>) -> io::Result<Option<Sender<TcpStream>>> {
+    let Some(acceptor) = proxy.tls.clone() else {
+        return Ok(None);
+    };
+    let (tx, rx) = crossbeam_channel::bounded::<TcpStream>(TLS_REJECT_BACKLOG);
+    let proxy = Arc::clone(proxy);
+    thread::Builder::new()
+        .name("tls-reject".into())
+        .stack_size(WORKER_STACK_BYTES)
+        .spawn(move || {
+            for tcp in rx {
+                let limit = Some(TLS_REJECT_HANDSHAKE);
+                if tcp
+                    .set_read_timeout(limit)
+                    .and_then(|()| tcp.set_write_timeout(limit))
+                    .is_err()
+                {
+                    continue;
+                }
+                if let Ok(mut tls) = acceptor.accept(tcp) {
+                    let reply = proxy.settings().render_reply(Reply::Flooded, true, false);
+                    let _ = tls.write_all(&reply);
+                    let _ = tls.shutdown();
+                }
+            }
+        })?;
+    Ok(Some(tx))
 }
 
 /// Handed to `Lingerer` by workers too.

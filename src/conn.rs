@@ -497,7 +497,7 @@ impl Worker {
                 (self.reply(client, head, reply), Hold::Queued)
             }
             Err(_) => {
-                log::error!("queue full: {} {} not buffered", head.method, head.target);
+                log::error!("{} {} could not be queued", head.method, head.target);
                 (self.reply(client, head, Reply::Unavailable), Hold::Released)
             }
         }

@@ -19,7 +19,8 @@ use serviceq::journal::{Fsync, Journal, JournalOptions};
 use serviceq::logging::{self, ErrorLog};
 use serviceq::proxy::{Durable, Logs, Proxy, TlsSetup};
 use serviceq::queue::QueuedRequest;
-use serviceq::{server, tls};
+use serviceq::server::{self, RunError};
+use serviceq::tls;
 
 const DEFAULT_CONFIG: &str = "/opt/serviceq/config/sq.properties";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -70,6 +71,7 @@ fn run() -> Result<(), String> {
     for w in &warnings {
         eprintln!("serviceq: warning: {w}");
     }
+    check_body_fits_journal(&cfg)?;
     let tls = TlsSetup {
         acceptor: tls::listener_acceptor(&cfg)
             .map_err(|e| startup_error(&cfg, e.key, e.message))?,
@@ -97,8 +99,25 @@ fn run() -> Result<(), String> {
     let durable = open_journal(&cfg)?;
     let admin = bind_admin(&cfg)?;
     let (proxy, replay) = Proxy::new(cfg, logs, port, tls, durable).map_err(|e| e.to_string())?;
-    server::run(listener, admin, Arc::new(proxy), replay)
-        .map_err(|e| format!("listener failed: {e}"))
+    let source = proxy.settings().cfg.source.clone();
+    server::run(listener, admin, Arc::new(proxy), replay).map_err(|e| match e {
+        RunError::Workers {
+            wanted,
+            started,
+            source: err,
+        } => ConfigError {
+            file: source,
+            line: None,
+            key: Some("CONCURRENCY_PEAK".into()),
+            message: format!(
+                "cannot start {wanted} worker threads (stopped at {started}: {err}); \
+                 lower CONCURRENCY_PEAK or raise the host's thread limits \
+                 (ulimit -u, kernel.threads-max, the service's TasksMax)"
+            ),
+        }
+        .to_string(),
+        RunError::Io(err) => format!("{}: {err}", source.display()),
+    })
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
@@ -197,6 +216,26 @@ fn open_journal(cfg: &Config) -> Result<Durable, String> {
         journal: Some(std::sync::Arc::new(journal)),
         recovered,
     })
+}
+
+/// A request is journaled whole, so with DEFERRED_Q_DIR its body must fit a journal
+/// record: refuse a MAX_REQUEST_BODY that would let a request be accepted and then not
+/// be bufferable.
+fn check_body_fits_journal(cfg: &Config) -> Result<(), String> {
+    // Room for the request line, headers and the record's own framing.
+    const HEAD_ROOM: u64 = 1 << 20;
+    let cap = serviceq::journal::MAX_PAYLOAD as u64 - HEAD_ROOM;
+    if cfg.deferred_q_dir.is_some() && cfg.max_request_body > cap {
+        return Err(startup_error(
+            cfg,
+            "MAX_REQUEST_BODY",
+            format!(
+                "{} bytes is more than the durable queue can journal per request ({cap} bytes with DEFERRED_Q_DIR set)",
+                cfg.max_request_body
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `--check` cannot open the journal (a running instance holds its lock), so it checks

@@ -218,7 +218,7 @@ pub fn run(
     admin: Option<TcpListener>,
     proxy: Arc<Proxy>,
     replay: Replay,
-) -> io::Result<()> {
+) -> Result<(), RunError> {
     // Signals first: a signal that arrives before its handler is set would take its
     // default action (SIGHUP and SIGUSR1 terminate).
     crate::signals::spawn(Arc::clone(&proxy), listener.try_clone()?)?;
@@ -288,15 +288,44 @@ fn drain(pool: &Pool, proxy: &Proxy) {
     log::info!("stopped");
 }
 
-fn spawn_workers(pool: &Arc<Pool>, proxy: &Arc<Proxy>, rx: &Receiver<Accepted>) -> io::Result<()> {
-    for id in 0..pool.slots.len() {
+fn spawn_workers(
+    pool: &Arc<Pool>,
+    proxy: &Arc<Proxy>,
+    rx: &Receiver<Accepted>,
+) -> Result<(), RunError> {
+    let wanted = pool.slots.len();
+    for id in 0..wanted {
         let (pool, proxy, rx) = (Arc::clone(pool), Arc::clone(proxy), rx.clone());
         thread::Builder::new()
             .name(format!("worker-{id}"))
             .stack_size(WORKER_STACK_BYTES)
-            .spawn(move || worker_loop(id, &pool, &proxy, &rx))?;
+            .spawn(move || worker_loop(id, &pool, &proxy, &rx))
+            .map_err(|source| RunError::Workers {
+                wanted,
+                started: id,
+                source,
+            })?;
     }
     Ok(())
+}
+
+/// Why `run` stopped with an error.
+#[derive(Debug)]
+pub enum RunError {
+    /// The host would not start CONCURRENCY_PEAK worker threads.
+    Workers {
+        wanted: usize,
+        started: usize,
+        source: io::Error,
+    },
+    /// Starting a helper thread, or the listener, failed.
+    Io(io::Error),
+}
+
+impl From<io::Error> for RunError {
+    fn from(e: io::Error) -> Self {
+        RunError::Io(e)
+    }
 }
 
 fn worker_loop(id: usize, pool: &Pool, proxy: &Arc<Proxy>, rx: &Receiver<Accepted>) {

@@ -89,8 +89,8 @@ impl Upstream {
 
     fn checkout(&self) -> Option<Stream> {
         loop {
-            let (conn, since) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
-            if since.elapsed() < POOL_IDLE_TTL && is_quiet(&conn) {
+            let (mut conn, since) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+            if since.elapsed() < POOL_IDLE_TTL && is_quiet(&mut conn) {
                 return Some(conn);
             }
         }
@@ -278,20 +278,33 @@ impl From<AttemptError> for Failure {
 /// Bytes that an endpoint sent after a complete response (a body on a HEAD response, an
 /// undercounted Content-Length) would otherwise be read as the response to the next
 /// request on this connection — another client's answer. nginx closes an idle cached
-/// connection on any read event for the same reason. One non-blocking peek; TLS
-/// connections are not checked, since TLS 1.3 servers legitimately send session tickets
-/// after the handshake.
-fn is_quiet(conn: &Stream) -> bool {
-    let Stream::Plain(tcp) = conn else {
-        return true;
-    };
-    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    match socket2::SockRef::from(tcp)
-        .recv_with_flags(&mut probe, libc::MSG_PEEK | libc::MSG_DONTWAIT)
-    {
-        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
-        // Ok(0): closed by the endpoint; Ok(_): stray bytes.
-        Ok(_) => false,
+/// connection on any read event for the same reason.
+fn is_quiet(conn: &mut Stream) -> bool {
+    match conn {
+        // One non-blocking peek.
+        Stream::Plain(tcp) => {
+            let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+            let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
+            match socket2::SockRef::from(&*tcp).recv_with_flags(&mut probe, flags) {
+                Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+                // Ok(0): closed by the endpoint; Ok(_): stray bytes.
+                Ok(_) => false,
+            }
+        }
+        // A non-blocking read through TLS: OpenSSL consumes what is not application data
+        // (TLS 1.3 session tickets, sent after the handshake) and reports WouldBlock;
+        // application bytes or a close mean the connection is spent.
+        Stream::Tls(tls) => {
+            if tls.get_ref().set_nonblocking(true).is_err() {
+                return false;
+            }
+            let mut probe = [0u8; 1];
+            let quiet = matches!(
+                io::Read::read(tls.as_mut(), &mut probe),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock
+            );
+            tls.get_ref().set_nonblocking(false).is_ok() && quiet
+        }
     }
 }
 

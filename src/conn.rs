@@ -543,7 +543,7 @@ impl Worker {
         idx: usize,
         exchange: Exchange,
     ) -> Next {
-        let (proxy, upbuf, out) = (Arc::clone(&self.proxy), &mut self.upbuf, &mut self.out);
+        let (proxy, upbuf, out) = (&self.proxy, &mut self.upbuf, &mut self.out);
         let Exchange {
             mut conn,
             head: resp,

@@ -2,6 +2,7 @@
 //! (SPEC §3's forwarding headers, hop-by-hop removal, its own framing) and the response
 //! head it writes back to the client.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 
 use crate::http::headers::{connection_tokens, is_hop_by_hop};
@@ -84,7 +85,8 @@ pub fn upstream_request(
     if !forwarded_for.is_empty() {
         forwarded_for.extend_from_slice(b", ");
     }
-    forwarded_for.extend_from_slice(origin.client_ip.to_string().as_bytes());
+    // Written in place: no String per request.
+    let _ = write!(forwarded_for, "{}", origin.client_ip);
     push_header(headers, b"X-Forwarded-For", &forwarded_for);
     push_header(headers, b"X-Forwarded-Proto", origin.proto.as_bytes());
     if let Some(host) = host {
@@ -94,7 +96,7 @@ pub fn upstream_request(
     push_header(headers, b"X-Request-Id", id.as_bytes());
     headers.extend_from_slice(&custom.rendered);
     if body_len > 0 || head.framing != crate::http::BodyFraming::None {
-        push_header(headers, b"Content-Length", body_len.to_string().as_bytes());
+        let _ = write!(headers, "Content-Length: {body_len}\r\n");
     }
     headers.extend_from_slice(b"\r\n");
     id
@@ -130,16 +132,8 @@ pub fn client_response_head(
     out: &mut Vec<u8>,
 ) {
     out.clear();
-    push_all(
-        out,
-        &[
-            b"HTTP/1.1 ",
-            resp.status.to_string().as_bytes(),
-            b" ",
-            resp.reason.as_bytes(),
-            b"\r\n",
-        ],
-    );
+    let _ = write!(out, "HTTP/1.1 {} ", resp.status);
+    push_all(out, &[resp.reason.as_bytes(), b"\r\n"]);
     let tokens = connection_tokens(&resp.headers);
     for h in &resp.headers {
         let name = h.name.as_str();

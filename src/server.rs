@@ -89,6 +89,13 @@ impl WorkerSlot {
             .is_ok()
     }
 
+    /// Shuts the worker's client socket down, which wakes its blocking read.
+    fn shutdown_socket(&self) {
+        if let Some(sock) = &*self.socket.lock().unwrap_or_else(|p| p.into_inner()) {
+            let _ = sock.shutdown(Shutdown::Both);
+        }
+    }
+
     fn attach(&self, socket: Option<TcpStream>) {
         *self.socket.lock().unwrap_or_else(|p| p.into_inner()) = socket;
     }
@@ -164,9 +171,7 @@ impl Pool {
                 )
                 .is_ok()
             {
-                if let Some(sock) = &*slot.socket.lock().unwrap_or_else(|p| p.into_inner()) {
-                    let _ = sock.shutdown(Shutdown::Both);
-                }
+                slot.shutdown_socket();
                 return true;
             }
         }
@@ -176,9 +181,7 @@ impl Pool {
     fn close_idle_connections(&self) {
         for slot in &self.slots {
             if slot.state.load(Ordering::Acquire) == state::IDLE {
-                if let Some(sock) = &*slot.socket.lock().unwrap_or_else(|p| p.into_inner()) {
-                    let _ = sock.shutdown(Shutdown::Both);
-                }
+                slot.shutdown_socket();
             }
         }
     }

@@ -14,7 +14,9 @@ use crate::buffer::IoBuf;
 use crate::error::{is_timeout, ClientError, LogCode, Reply};
 use crate::forward::{self, ClientFraming};
 use crate::http::headers;
-use crate::http::{parse_request, BodyFraming, ChunkedDecoder, HeadLimits, RequestHead, Version};
+use crate::http::{
+    parse_request_into, BodyFraming, ChunkedDecoder, HeadLimits, RequestHead, Version,
+};
 use crate::metrics::{self, METRICS};
 use crate::proxy::{Proxy, Scratch, Settings};
 use crate::queue::QueuedRequest;
@@ -91,6 +93,10 @@ pub struct Worker {
     body: Vec<u8>,
     line: Vec<u8>,
     headers: Vec<u8>,
+    /// The head of the current request; its buffers are reused by the next one.
+    req: RequestHead,
+    /// The client's address as text, for X-Forwarded-For (rendered per connection).
+    peer_ip: String,
     scratch: Scratch,
     /// The settings snapshot and its generation, refreshed before each request.
     settings: (u64, Arc<Settings>),
@@ -151,6 +157,8 @@ impl Worker {
             body: Vec::new(),
             line: Vec::new(),
             headers: Vec::new(),
+            req: RequestHead::empty(),
+            peer_ip: String::new(),
             scratch: Scratch::new(),
             settings: proxy.snapshot(),
             outcome: Outcome::default(),
@@ -158,8 +166,17 @@ impl Worker {
         }
     }
 
-    /// Serves every request of one connection, then closes it.
+    /// Serves every request of one connection, then closes it and hands the endpoint
+    /// connections it kept to the shared pool.
     pub fn serve(&mut self, accepted: Accepted, slot: &WorkerSlot, pool: &Pool) {
+        self.serve_requests(accepted, slot, pool);
+        if !self.scratch.held.is_empty() {
+            let settings = Arc::clone(&self.settings.1);
+            settings.upstreams.release_held(&mut self.scratch.held);
+        }
+    }
+
+    fn serve_requests(&mut self, accepted: Accepted, slot: &WorkerSlot, pool: &Pool) {
         let _active = ActiveConnection::open();
         let Some(stream) = self.handshake(accepted.stream) else {
             return;
@@ -170,6 +187,8 @@ impl Worker {
             peer: accepted.peer,
             read_timeout: None,
         };
+        self.peer_ip.clear();
+        let _ = std::fmt::Write::write_fmt(&mut self.peer_ip, format_args!("{}", client.peer.ip()));
         self.inbuf.clear();
         let mut wait = Wait::First;
         loop {
@@ -179,6 +198,9 @@ impl Worker {
                 Ok(None) => return,
                 Err(e) => return self.refuse(client, e, false),
             };
+            // A reload while this connection sat idle applies to the request that
+            // just arrived, not only to the next connection.
+            self.proxy.refresh(&mut self.settings);
             wait = Wait::KeepAlive;
             let started = Instant::now();
             self.outcome.reset();
@@ -199,6 +221,7 @@ impl Worker {
             if hold == Hold::Released {
                 pool.release_hold();
             }
+            self.req = head;
             self.shrink_body();
             match next {
                 Next::KeepAlive if self.proxy.stopping() => {
@@ -266,10 +289,18 @@ impl Worker {
             max_headers: cfg.max_headers,
         };
         let deadline = Instant::now() + cfg.client_header_timeout;
+        let mut head = std::mem::replace(&mut self.req, RequestHead::empty());
         loop {
-            if let Some((head, len)) = parse_request(self.inbuf.filled(), &limits)? {
-                self.inbuf.consume(len);
-                return Ok(Some(head));
+            match parse_request_into(self.inbuf.filled(), &limits, &mut head) {
+                Ok(Some(len)) => {
+                    self.inbuf.consume(len);
+                    return Ok(Some(head));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.req = head;
+                    return Err(e.into());
+                }
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -427,22 +458,22 @@ impl Worker {
         let proxy = Arc::clone(&self.proxy);
         let settings = Arc::clone(&self.settings.1);
         let origin = forward::Origin {
-            client_ip: client.peer.ip(),
+            client_ip: &self.peer_ip,
             proto: proxy.forwarded_proto,
             custom: &settings.request_headers,
         };
-        let request_id = forward::upstream_request(
+        forward::upstream_request_into(
             head,
             self.body.len(),
             &origin,
-            || proxy.ids.next(),
+            |id| proxy.ids.next_into(id),
+            &mut self.outcome.request_id,
             &mut self.line,
             &mut self.headers,
         );
-        self.outcome.request_id.push_str(&request_id);
         let queueable = settings.is_queueable(&head.method, &head.target);
         if queueable && settings.cfg.enable_upfront_q {
-            return self.enqueue(client, head, request_id, Reply::Queued);
+            return self.enqueue(client, head, Reply::Queued);
         }
         let req = OutgoingRequest {
             method: &head.method,
@@ -460,7 +491,7 @@ impl Worker {
                 (next, Hold::Released)
             }
             Err(_) if queueable && settings.cfg.enable_deferred_q => {
-                self.enqueue(client, head, request_id, Reply::Buffered)
+                self.enqueue(client, head, Reply::Buffered)
             }
             Err(last) => (self.reply(client, head, last.reply()), Hold::Released),
         }
@@ -468,13 +499,8 @@ impl Worker {
 
     /// Puts the request, as it would go upstream, at the tail of the queue, and tells
     /// the client with `reply`. The request keeps its slot until it is delivered.
-    fn enqueue(
-        &mut self,
-        client: &mut Client,
-        head: &RequestHead,
-        request_id: String,
-        reply: Reply,
-    ) -> (Next, Hold) {
+    fn enqueue(&mut self, client: &mut Client, head: &RequestHead, reply: Reply) -> (Next, Hold) {
+        let request_id = self.outcome.request_id.clone();
         let queued = QueuedRequest {
             method: head.method.clone(),
             target: head.target.clone(),
@@ -544,6 +570,7 @@ impl Worker {
         exchange: Exchange,
     ) -> Next {
         let (proxy, upbuf, out) = (&self.proxy, &mut self.upbuf, &mut self.out);
+        let scratch = &mut self.scratch;
         let Exchange {
             mut conn,
             head: resp,
@@ -569,10 +596,11 @@ impl Worker {
         self.outcome.relayed = true;
         self.outcome.body_bytes = sink.body_bytes;
         self.outcome.upstream = Some(idx);
+        scratch.reuse_head(resp);
         match end {
             RelayEnd::Complete { reusable } => {
                 if reusable {
-                    settings.upstreams.release(idx, conn);
+                    settings.upstreams.release(idx, conn, &mut scratch.held);
                 }
                 if close {
                     Next::Close

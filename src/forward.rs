@@ -2,10 +2,7 @@
 //! (SPEC §3's forwarding headers, hop-by-hop removal, its own framing) and the response
 //! head it writes back to the client.
 
-use std::io::Write as _;
-use std::net::IpAddr;
-
-use crate::http::headers::{connection_tokens, is_hop_by_hop};
+use crate::http::headers::{self, connection_tokens, is_hop_by_hop};
 use crate::http::{RequestHead, ResponseFraming, ResponseHead, Version};
 use crate::proxy::CustomHeaders;
 
@@ -23,7 +20,8 @@ const REPLACED_ON_REQUESTS: [&str; 7] = [
 
 /// Where a request came from, for the forwarding headers.
 pub struct Origin<'a> {
-    pub client_ip: IpAddr,
+    /// The client's address as text (rendered once per connection).
+    pub client_ip: &'a str,
     /// `http` or `https`: how the client reached ServiceQ.
     pub proto: &'a str,
     /// CUSTOM_REQUEST_HEADERS.
@@ -40,6 +38,24 @@ pub fn upstream_request(
     line: &mut Vec<u8>,
     headers: &mut Vec<u8>,
 ) -> String {
+    let mut id = String::new();
+    let new_id = |out: &mut String| out.push_str(&new_id());
+    upstream_request_into(head, body_len, origin, new_id, &mut id, line, headers);
+    id
+}
+
+/// [`upstream_request`] into reused buffers: the request id used is appended to `id`
+/// (the client's `X-Request-Id`, else one `new_id` appends). Allocates nothing once the
+/// buffers are large enough.
+pub fn upstream_request_into(
+    head: &RequestHead,
+    body_len: usize,
+    origin: &Origin<'_>,
+    new_id: impl FnOnce(&mut String),
+    id: &mut String,
+    line: &mut Vec<u8>,
+    headers: &mut Vec<u8>,
+) {
     let custom = origin.custom;
     line.clear();
     headers.clear();
@@ -54,20 +70,12 @@ pub fn upstream_request(
     );
 
     let tokens = connection_tokens(&head.headers);
-    let mut forwarded_for: Vec<u8> = Vec::new();
-    let mut request_id: Option<String> = None;
+    let mut client_id: Option<&str> = None;
     let mut host: Option<&[u8]> = head.authority.as_deref().map(str::as_bytes);
     for h in &head.headers {
         let name = h.name.as_str();
-        if name.eq_ignore_ascii_case("x-forwarded-for") {
-            if !forwarded_for.is_empty() {
-                forwarded_for.extend_from_slice(b", ");
-            }
-            forwarded_for.extend_from_slice(&h.value);
-        } else if name.eq_ignore_ascii_case("x-request-id") && request_id.is_none() {
-            request_id = String::from_utf8(h.value.clone())
-                .ok()
-                .filter(|v| !v.is_empty());
+        if name.eq_ignore_ascii_case("x-request-id") && client_id.is_none() {
+            client_id = std::str::from_utf8(&h.value).ok().filter(|v| !v.is_empty());
         } else if name.eq_ignore_ascii_case("host") && host.is_none() {
             host = Some(&h.value);
         }
@@ -82,24 +90,31 @@ pub fn upstream_request(
         push_header(headers, name.as_bytes(), &h.value);
     }
 
-    if !forwarded_for.is_empty() {
-        forwarded_for.extend_from_slice(b", ");
+    // The client's X-Forwarded-For values in order (empty ones dropped), then the
+    // client's address, written in place.
+    headers.extend_from_slice(b"X-Forwarded-For: ");
+    for h in headers::named(&head.headers, "x-forwarded-for") {
+        if !h.value.is_empty() {
+            push_all(headers, &[&h.value, b", "]);
+        }
     }
-    // Written in place: no String per request.
-    let _ = write!(forwarded_for, "{}", origin.client_ip);
-    push_header(headers, b"X-Forwarded-For", &forwarded_for);
+    push_all(headers, &[origin.client_ip.as_bytes(), b"\r\n"]);
     push_header(headers, b"X-Forwarded-Proto", origin.proto.as_bytes());
     if let Some(host) = host {
         push_header(headers, b"X-Forwarded-Host", host);
     }
-    let id = request_id.unwrap_or_else(new_id);
+    match client_id {
+        Some(client_id) => id.push_str(client_id),
+        None => new_id(id),
+    }
     push_header(headers, b"X-Request-Id", id.as_bytes());
     headers.extend_from_slice(&custom.rendered);
     if body_len > 0 || head.framing != crate::http::BodyFraming::None {
-        let _ = write!(headers, "Content-Length: {body_len}\r\n");
+        headers.extend_from_slice(b"Content-Length: ");
+        push_decimal(headers, body_len as u64);
+        headers.extend_from_slice(b"\r\n");
     }
     headers.extend_from_slice(b"\r\n");
-    id
 }
 
 /// How the response body is framed towards the client.
@@ -132,8 +147,9 @@ pub fn client_response_head(
     out: &mut Vec<u8>,
 ) {
     out.clear();
-    let _ = write!(out, "HTTP/1.1 {} ", resp.status);
-    push_all(out, &[resp.reason.as_bytes(), b"\r\n"]);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, u64::from(resp.status));
+    push_all(out, &[b" ", resp.reason.as_bytes(), b"\r\n"]);
     let tokens = connection_tokens(&resp.headers);
     for h in &resp.headers {
         let name = h.name.as_str();
@@ -156,6 +172,21 @@ pub fn client_response_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// `n` in decimal, without going through `fmt`.
+pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}
+
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     push_all(out, &[name, b": ", value, b"\r\n"]);
 }
@@ -168,6 +199,15 @@ fn push_all(out: &mut Vec<u8>, parts: &[&[u8]]) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn push_decimal_matches_fmt() {
+        for n in [0, 1, 9, 10, 99, 100, 204, 65535, 1 << 40, u64::MAX] {
+            let mut out = b"x".to_vec();
+            super::push_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
+    }
+
     use super::*;
     use crate::http::{BodyFraming, Header};
 
@@ -212,7 +252,7 @@ mod tests {
         let (mut line, mut headers) = (Vec::new(), Vec::new());
         let custom = no_custom();
         let origin = Origin {
-            client_ip: "127.0.0.1".parse().unwrap(),
+            client_ip: "127.0.0.1",
             proto: "http",
             custom: &custom,
         };
@@ -233,7 +273,7 @@ mod tests {
         let (mut line, mut headers) = (Vec::new(), Vec::new());
         let custom = no_custom();
         let origin = Origin {
-            client_ip: "::1".parse().unwrap(),
+            client_ip: "::1",
             proto: "https",
             custom: &custom,
         };

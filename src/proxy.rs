@@ -15,11 +15,12 @@ use crate::balancer;
 use crate::buffer::IoBuf;
 use crate::config::Config;
 use crate::error::{AttemptError, Reply};
+use crate::http::ResponseHead;
 use crate::journal::Journal;
 use crate::linger::Lingerer;
 use crate::logging::ErrorLog;
 use crate::queue::{self, Queue, QueuedRequest, Replay};
-use crate::upstream::{Exchange, OutgoingRequest, Upstreams};
+use crate::upstream::{Exchange, Held, OutgoingRequest, Upstreams};
 
 /// Header lines added to every message in one direction, pre-rendered once.
 pub struct CustomHeaders {
@@ -64,9 +65,31 @@ impl RequestIds {
         }
     }
 
-    pub fn next(&self) -> String {
+    /// Appends a fresh id to `out`: 16 hex digits of the process prefix, then 8 of a
+    /// counter (wrapping after 2^32 ids, as before).
+    pub fn next_into(&self, out: &mut String) {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}{:08x}", self.prefix, n)
+        let mut id = [0u8; 24];
+        hex_into(&mut id[..16], self.prefix);
+        hex_into(&mut id[16..], n);
+        // Hex digits are ASCII, so this never fails.
+        if let Ok(id) = std::str::from_utf8(&id) {
+            out.push_str(id);
+        }
+    }
+
+    pub fn next(&self) -> String {
+        let mut id = String::with_capacity(24);
+        self.next_into(&mut id);
+        id
+    }
+}
+
+/// The low `out.len()` hex digits of `n`, zero-padded, lower case.
+fn hex_into(out: &mut [u8], mut n: u64) {
+    for digit in out.iter_mut().rev() {
+        *digit = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
     }
 }
 
@@ -76,6 +99,11 @@ pub struct Scratch {
     pub rng: SmallRng,
     /// Attempts the last `try_endpoints` made (for the access log).
     pub attempts: u32,
+    /// The endpoint connections this thread keeps between requests.
+    pub held: Held,
+    /// Storage for response heads: an `Exchange` takes it, and the caller gives it
+    /// back with [`Scratch::reuse_head`] once the response is relayed.
+    pub resp: ResponseHead,
 }
 
 impl Scratch {
@@ -85,7 +113,14 @@ impl Scratch {
             errors: Vec::new(),
             rng: SmallRng::from_entropy(),
             attempts: 0,
+            held: Held::default(),
+            resp: ResponseHead::empty(),
         }
+    }
+
+    /// Gives back the head an `Exchange` took, so the next response reuses its buffers.
+    pub fn reuse_head(&mut self, head: ResponseHead) {
+        self.resp = head;
     }
 }
 
@@ -150,7 +185,7 @@ impl Settings {
                 idx = balancer::next_after(idx, ups.count());
             }
             let up = &ups.list[idx];
-            match ups.attempt(idx, req, buf) {
+            match ups.attempt(idx, req, buf, &mut scratch.held, &mut scratch.resp) {
                 Ok(exchange) => {
                     up.record_success();
                     return Ok((idx, exchange));

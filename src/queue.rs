@@ -345,9 +345,13 @@ fn deliver(
         &mut sink,
     );
     if end == (RelayEnd::Complete { reusable: true }) {
-        settings.upstreams.release(idx, exchange.conn);
+        settings
+            .upstreams
+            .release(idx, exchange.conn, &mut scratch.held);
     }
-    Ok((exchange.head.status, endpoint))
+    let status = exchange.head.status;
+    scratch.reuse_head(exchange.head);
+    Ok((status, endpoint))
 }
 
 #[cfg(test)]

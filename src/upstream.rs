@@ -4,6 +4,9 @@
 //!
 //! Nothing here holds a lock across I/O: the pool's mutex covers a `Vec` push or pop,
 //! and error counts are atomics, so a worker never waits on another worker's socket.
+//! Most requests take no lock at all: a worker keeps the connection it last used to
+//! each endpoint ([`Held`]) for as long as its client connection lasts, and only then
+//! hands them to the shared pool.
 
 use std::io::{self, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -16,7 +19,7 @@ use native_tls::TlsConnector;
 use crate::buffer::IoBuf;
 use crate::config::{Endpoint, Scheme};
 use crate::error::{AttemptError, LogCode};
-use crate::http::{parse_response, HeadError, HeadLimits, ResponseHead};
+use crate::http::{parse_response_into, HeadError, HeadLimits, ResponseHead};
 use crate::stream::{write_all_vectored, Stream};
 
 /// Response heads larger than this are malformed (nginx's proxy_buffer_size is 4–8 KiB;
@@ -87,10 +90,14 @@ impl Upstream {
         }
     }
 
-    fn checkout(&self) -> Option<Stream> {
+    /// A kept-alive connection: the one this worker holds, else one from the pool.
+    fn checkout(&self, held: Option<(Stream, Instant)>) -> Option<Stream> {
+        if let Some(conn) = held.and_then(usable) {
+            return Some(conn);
+        }
         loop {
-            let (mut conn, since) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
-            if since.elapsed() < POOL_IDLE_TTL && is_quiet(&mut conn) {
+            let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+            if let Some(conn) = usable(idle) {
                 return Some(conn);
             }
         }
@@ -101,8 +108,59 @@ impl Upstream {
     }
 }
 
+/// A connection idle since `since` that may carry another request.
+fn usable((mut conn, since): (Stream, Instant)) -> Option<Stream> {
+    (since.elapsed() < POOL_IDLE_TTL && is_quiet(&mut conn)).then_some(conn)
+}
+
+/// The connections one worker keeps between the requests of one client connection, at
+/// most one per endpoint, so that a steady client reuses its own without a lock.
+/// They belong to one [`Upstreams`]: after a reload they are closed on the next use.
+#[derive(Default)]
+pub struct Held {
+    owner: u64,
+    conns: Vec<Option<(Stream, Instant)>>,
+}
+
+impl Held {
+    /// The held connection to endpoint `idx` of `ups`, if any.
+    fn take(&mut self, ups: &Upstreams, idx: usize) -> Option<(Stream, Instant)> {
+        if self.owner != ups.id {
+            return None;
+        }
+        self.conns.get_mut(idx).and_then(Option::take)
+    }
+
+    /// Keeps `conn` to endpoint `idx` of `ups`; gives it back if one is held already.
+    fn keep(&mut self, ups: &Upstreams, idx: usize, conn: Stream) -> Option<Stream> {
+        if self.owner != ups.id {
+            // A reload replaced the endpoints: what is held belongs to the old ones.
+            self.owner = ups.id;
+            self.conns.clear();
+        }
+        if self.conns.len() < ups.count() {
+            self.conns.resize_with(ups.count(), || None);
+        }
+        match &mut self.conns[idx] {
+            slot @ None => {
+                *slot = Some((conn, Instant::now()));
+                None
+            }
+            Some(_) => Some(conn),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.iter().all(Option::is_none)
+    }
+}
+
+/// Tells one `Upstreams` from another (its `Held` connections are only its own).
+static UPSTREAMS_IDS: AtomicU64 = AtomicU64::new(1);
+
 /// Everything needed to reach the endpoints.
 pub struct Upstreams {
+    id: u64,
     pub list: Vec<Arc<Upstream>>,
     tls: Option<TlsConnector>,
     timeout: Option<Duration>,
@@ -148,6 +206,7 @@ impl Upstreams {
             }
         };
         Upstreams {
+            id: UPSTREAMS_IDS.fetch_add(1, Ordering::Relaxed),
             list: endpoints.iter().map(reuse).collect(),
             tls,
             timeout,
@@ -164,19 +223,23 @@ impl Upstreams {
         into.extend(self.list.iter().map(|u| u.errors()));
     }
 
-    /// One attempt on endpoint `idx`: a pooled connection if there is one, else a new
-    /// one. A pooled connection that fails before any response byte is replaced by a
-    /// fresh one once (SPEC §3); that second try is part of the same attempt.
+    /// One attempt on endpoint `idx`: a kept-alive connection if there is one (the
+    /// worker's own first, then the pool's), else a new one. A kept-alive connection
+    /// that fails before any response byte is replaced by a fresh one once (SPEC §3);
+    /// that second try is part of the same attempt. The response head is parsed into
+    /// `head` and handed over in the `Exchange`.
     pub fn attempt(
         &self,
         idx: usize,
         req: &OutgoingRequest<'_>,
         buf: &mut IoBuf,
+        held: &mut Held,
+        head: &mut ResponseHead,
     ) -> Result<Exchange, AttemptError> {
         let up = &self.list[idx];
         up.attempts.fetch_add(1, Ordering::Relaxed);
-        if let Some(conn) = up.checkout() {
-            match self.exchange(conn, up, req, buf) {
+        if let Some(conn) = up.checkout(held.take(self, idx)) {
+            match self.exchange(conn, up, req, buf, head) {
                 Err(Failure::Stale(e)) => {
                     log::debug!(
                         "{}: pooled connection was closed ({e}); redialling",
@@ -188,7 +251,7 @@ impl Upstreams {
             }
         }
         let conn = self.dial(up)?;
-        self.exchange(conn, up, req, buf)
+        self.exchange(conn, up, req, buf, head)
             .map_err(Failure::into_attempt)
     }
 
@@ -198,6 +261,7 @@ impl Upstreams {
         up: &Upstream,
         req: &OutgoingRequest<'_>,
         buf: &mut IoBuf,
+        head: &mut ResponseHead,
     ) -> Result<Exchange, Failure> {
         buf.clear();
         write_all_vectored(
@@ -206,16 +270,35 @@ impl Upstreams {
         )
         .and_then(|()| conn.flush())
         .map_err(Failure::stale_or_lost)?;
-        let head = read_response_head(&mut conn, buf, req.method)?;
+        read_response_head(&mut conn, buf, req.method, head)?;
+        let head = std::mem::replace(head, ResponseHead::empty());
         Ok(Exchange { conn, head })
     }
 
-    /// Returns a connection whose response was read completely, for reuse.
-    pub fn release(&self, idx: usize, conn: Stream) {
+    /// Takes back a connection whose response was read completely, for reuse: the
+    /// worker keeps it if it holds none to that endpoint yet, else the pool does.
+    pub fn release(&self, idx: usize, conn: Stream, held: &mut Held) {
+        if let Some(conn) = held.keep(self, idx, conn) {
+            self.pool(idx, conn, Instant::now());
+        }
+    }
+
+    /// Hands what a worker held to the shared pool, when its client connection ends.
+    pub fn release_held(&self, held: &mut Held) {
+        let owned = held.owner == self.id;
+        for (idx, slot) in held.conns.iter_mut().enumerate() {
+            match slot.take() {
+                Some((conn, since)) if owned => self.pool(idx, conn, since),
+                _ => {}
+            }
+        }
+    }
+
+    fn pool(&self, idx: usize, conn: Stream, since: Instant) {
         let up = &self.list[idx];
         let mut idle = up.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.max_idle_per_endpoint {
-            idle.push((conn, Instant::now()));
+            idle.push((conn, since));
         }
     }
 
@@ -329,12 +412,13 @@ fn read_response_head(
     conn: &mut Stream,
     buf: &mut IoBuf,
     method: &str,
-) -> Result<ResponseHead, Failure> {
+    head: &mut ResponseHead,
+) -> Result<(), Failure> {
     let mut received_any = false;
     loop {
         if !buf.is_empty() {
-            match parse_response(buf.filled(), &RESPONSE_LIMITS, method) {
-                Ok(Some((head, len))) => {
+            match parse_response_into(buf.filled(), &RESPONSE_LIMITS, method, head) {
+                Ok(Some(len)) => {
                     buf.consume(len);
                     if head.status == 101 {
                         return Err(AttemptError::BadResponse("unexpected 101").into());
@@ -344,7 +428,7 @@ fn read_response_head(
                         // was sent whole, and the final response follows.
                         continue;
                     }
-                    return Ok(head);
+                    return Ok(());
                 }
                 Ok(None) => {}
                 Err(e) => return Err(AttemptError::BadResponse(describe(e)).into()),

@@ -134,10 +134,17 @@ fn sighup_reloads_headers_and_endpoints_without_dropping_connections() {
         "new requests must go to the new endpoint"
     );
     assert!(b.request_count() > before_b);
-    // The connection opened before the reload still works.
+    // The connection opened before the reload still works, and its next request goes
+    // to the new endpoint: the endpoint connection its worker kept belongs to the old
+    // endpoint list and must not be used for the new one at the same index.
     c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     let r = c.read_response();
     assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body_str(),
+        b.name(),
+        "a kept-alive client's request after the reload went to the old endpoint"
+    );
 }
 
 #[test]
@@ -217,11 +224,7 @@ fn admin_listener_endpoints() {
         .set("ADMIN_PORT", &admin_port.to_string())
         .start();
     assert!(
-        wait_until(Duration::from_secs(5), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            admin_port
-        ))
-        .is_ok()),
+        wait_for_port(admin_port, Duration::from_secs(5)),
         "admin listener not up"
     );
     assert_eq!(get(sq.addr(), "/").status, 200);

@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let custom = CustomHeaders::new(&[]);
     let origin = Origin {
-        client_ip: "192.0.2.7".parse().unwrap(),
+        client_ip: "192.0.2.7",
         proto: "http",
         custom: &custom,
     };

@@ -80,6 +80,36 @@ pub struct ResponseHead {
     pub keep_alive: bool,
 }
 
+impl RequestHead {
+    /// A head to parse into with [`parse_request_into`].
+    pub fn empty() -> Self {
+        RequestHead {
+            method: String::new(),
+            target: String::new(),
+            authority: None,
+            version: Version::Http11,
+            headers: Vec::new(),
+            framing: BodyFraming::None,
+            keep_alive: true,
+            expect_continue: false,
+        }
+    }
+}
+
+impl ResponseHead {
+    /// A head to parse into with [`parse_response_into`].
+    pub fn empty() -> Self {
+        ResponseHead {
+            version: Version::Http11,
+            status: 0,
+            reason: String::new(),
+            headers: Vec::new(),
+            framing: ResponseFraming::NoBody,
+            keep_alive: false,
+        }
+    }
+}
+
 /// Why a head was refused. Each maps to one response in `crate::error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeadError {
@@ -103,8 +133,21 @@ pub fn parse_request(
     buf: &[u8],
     limits: &HeadLimits,
 ) -> Result<Option<(RequestHead, usize)>, HeadError> {
+    let mut head = RequestHead::empty();
+    Ok(parse_request_into(buf, limits, &mut head)?.map(|len| (head, len)))
+}
+
+/// [`parse_request`] into a head kept from an earlier request: its strings and header
+/// fields are overwritten in place, so a worker that parses every request into the same
+/// head allocates nothing once their capacity suffices. On `Ok(Some(len))` the head is
+/// the first `len` bytes of `buf`; otherwise `head` holds nothing meaningful.
+pub fn parse_request_into(
+    buf: &[u8],
+    limits: &HeadLimits,
+    head: &mut RequestHead,
+) -> Result<Option<usize>, HeadError> {
     with_header_slots(head_window(buf, limits), limits, |window, slots| {
-        request_with_slots(buf, window, limits, slots)
+        request_with_slots(buf, window, limits, slots, head)
     })
 }
 
@@ -113,7 +156,8 @@ fn request_with_slots<'w>(
     window: &'w [u8],
     limits: &HeadLimits,
     slots: &mut [httparse::Header<'w>],
-) -> Result<Option<(RequestHead, usize)>, HeadError> {
+    head: &mut RequestHead,
+) -> Result<Option<usize>, HeadError> {
     let mut req = httparse::Request::new(slots);
     let len = match req.parse(window) {
         Ok(httparse::Status::Complete(len)) => len,
@@ -129,8 +173,9 @@ fn request_with_slots<'w>(
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(HeadError::Malformed("incomplete request line"));
     };
-    let head = build_request(method, target, version_of(minor)?, owned(req.headers))?;
-    Ok(Some((head, len)))
+    fill_headers(&mut head.headers, req.headers);
+    build_request(method, target, version_of(minor)?, head)?;
+    Ok(Some(len))
 }
 
 /// Parses a response head from the start of `buf`; `request_method` is the method of
@@ -142,8 +187,19 @@ pub fn parse_response(
     limits: &HeadLimits,
     request_method: &str,
 ) -> Result<Option<(ResponseHead, usize)>, HeadError> {
+    let mut head = ResponseHead::empty();
+    Ok(parse_response_into(buf, limits, request_method, &mut head)?.map(|len| (head, len)))
+}
+
+/// [`parse_response`] into a reused head, as [`parse_request_into`].
+pub fn parse_response_into(
+    buf: &[u8],
+    limits: &HeadLimits,
+    request_method: &str,
+    head: &mut ResponseHead,
+) -> Result<Option<usize>, HeadError> {
     with_header_slots(head_window(buf, limits), limits, |window, slots| {
-        response_with_slots(buf, window, limits, request_method, slots)
+        response_with_slots(buf, window, limits, request_method, slots, head)
     })
 }
 
@@ -153,7 +209,8 @@ fn response_with_slots<'w>(
     limits: &HeadLimits,
     request_method: &str,
     slots: &mut [httparse::Header<'w>],
-) -> Result<Option<(ResponseHead, usize)>, HeadError> {
+    head: &mut ResponseHead,
+) -> Result<Option<usize>, HeadError> {
     let mut res = httparse::Response::new(slots);
     let len = match res.parse(window) {
         Ok(httparse::Status::Complete(len)) => len,
@@ -168,19 +225,15 @@ fn response_with_slots<'w>(
         return Err(HeadError::Malformed("status code out of range"));
     }
     let version = version_of(minor)?;
-    let headers = owned(res.headers);
-    let framing = response_framing(version, status, request_method, &headers)?;
-    let keep_alive = framing != ResponseFraming::UntilClose && persistent(version, &headers);
-    let reason = reason.to_string();
-    let head = ResponseHead {
-        version,
-        status,
-        reason,
-        headers,
-        framing,
-        keep_alive,
-    };
-    Ok(Some((head, len)))
+    fill_headers(&mut head.headers, res.headers);
+    let framing = response_framing(version, status, request_method, &head.headers)?;
+    head.keep_alive = framing != ResponseFraming::UntilClose && persistent(version, &head.headers);
+    head.version = version;
+    head.status = status;
+    head.framing = framing;
+    head.reason.clear();
+    head.reason.push_str(reason);
+    Ok(Some(len))
 }
 
 /// The part of `buf` a head may occupy: a head that does not end within it is too large.
@@ -244,12 +297,21 @@ fn version_of(minor: u8) -> Result<Version, HeadError> {
     }
 }
 
-fn owned(fields: &[httparse::Header<'_>]) -> Vec<Header> {
-    let own = |f: &httparse::Header<'_>| Header {
+/// Copies httparse's fields into `headers`, reusing the fields already there (and their
+/// name and value buffers) for the first ones.
+fn fill_headers(headers: &mut Vec<Header>, fields: &[httparse::Header<'_>]) {
+    headers.truncate(fields.len());
+    let reused = headers.len();
+    for (h, f) in headers.iter_mut().zip(fields) {
+        h.name.clear();
+        h.name.push_str(f.name);
+        h.value.clear();
+        h.value.extend_from_slice(f.value);
+    }
+    headers.extend(fields[reused..].iter().map(|f| Header {
         name: f.name.to_string(),
         value: f.value.to_vec(),
-    };
-    fields.iter().map(own).collect()
+    }));
 }
 
 /// How far a version text matches `HTTP/` DIGIT [`.` DIGIT].
@@ -313,35 +375,53 @@ fn classify_bad_version(window: &[u8]) -> Option<HeadError> {
     }
 }
 
-/// Checks a parsed request line and fields against RFC 9112 and derives the head.
+/// Checks a parsed request line and fields (already in `head.headers`) against RFC 9112
+/// and fills in the rest of `head`.
 fn build_request(
     method: &str,
     target: &str,
     version: Version,
-    headers: Vec<Header>,
-) -> Result<RequestHead, HeadError> {
+    head: &mut RequestHead,
+) -> Result<(), HeadError> {
     let (target, authority) = request_target(method, target)?;
-    check_host(version, &headers)?;
-    let framing = body_framing(version, &headers)?;
-    let keep_alive = persistent(version, &headers);
+    let headers = &head.headers;
+    check_host(version, headers)?;
+    let framing = body_framing(version, headers)?;
+    let keep_alive = persistent(version, headers);
     // RFC 9110 §10.1.1: the only expectation defined; HTTP/1.0 clients cannot expect it.
     let expect_continue = version == Version::Http11
-        && headers::named(&headers, "expect")
-            .any(|h| h.value.eq_ignore_ascii_case(b"100-continue"));
-    Ok(RequestHead {
-        method: method.to_string(),
-        target,
-        authority,
-        version,
-        headers,
-        framing,
-        keep_alive,
-        expect_continue,
-    })
+        && headers::named(headers, "expect").any(|h| h.value.eq_ignore_ascii_case(b"100-continue"));
+    head.method.clear();
+    head.method.push_str(method);
+    head.target.clear();
+    match target {
+        Target::Whole(t) => head.target.push_str(t),
+        Target::Rooted(t) => {
+            head.target.push('/');
+            head.target.push_str(t);
+        }
+    }
+    head.authority = authority.map(str::to_string);
+    head.version = version;
+    head.framing = framing;
+    head.keep_alive = keep_alive;
+    head.expect_continue = expect_continue;
+    Ok(())
+}
+
+/// An origin-form target as a slice of the received one: either all of it, or, for an
+/// absolute-form target whose path starts with `?` or is empty, `/` followed by it.
+#[derive(Debug, PartialEq, Eq)]
+enum Target<'a> {
+    Whole(&'a str),
+    Rooted(&'a str),
 }
 
 /// The origin-form target and the authority of an absolute-form one (RFC 9112 §3.2).
-fn request_target(method: &str, target: &str) -> Result<(String, Option<String>), HeadError> {
+fn request_target<'t>(
+    method: &str,
+    target: &'t str,
+) -> Result<(Target<'t>, Option<&'t str>), HeadError> {
     // Authority-form (§3.2.3) exists only for CONNECT, and ServiceQ does not tunnel.
     if method == "CONNECT" {
         return Err(HeadError::Malformed("CONNECT is not supported"));
@@ -353,12 +433,12 @@ fn request_target(method: &str, target: &str) -> Result<(String, Option<String>)
         return Err(HeadError::Malformed("fragment in request target"));
     }
     if target.starts_with('/') {
-        return Ok((target.to_string(), None));
+        return Ok((Target::Whole(target), None));
     }
     if target == "*" {
         // Asterisk-form (§3.2.4) is only for a server-wide OPTIONS.
         return match method {
-            "OPTIONS" => Ok((target.to_string(), None)),
+            "OPTIONS" => Ok((Target::Whole(target), None)),
             _ => Err(HeadError::Malformed("asterisk-form target without OPTIONS")),
         };
     }
@@ -366,7 +446,10 @@ fn request_target(method: &str, target: &str) -> Result<(String, Option<String>)
 }
 
 /// `http[s]://authority[/path][?query]` (§3.2.2) → (`/path?query`, authority).
-fn absolute_form(method: &str, target: &str) -> Result<(String, Option<String>), HeadError> {
+fn absolute_form<'t>(
+    method: &str,
+    target: &'t str,
+) -> Result<(Target<'t>, Option<&'t str>), HeadError> {
     let after_scheme = ["http://", "https://"].iter().find_map(|scheme| {
         let head = target.get(..scheme.len())?;
         head.eq_ignore_ascii_case(scheme)
@@ -384,12 +467,12 @@ fn absolute_form(method: &str, target: &str) -> Result<(String, Option<String>),
     }
     let origin = match path {
         // §3.2.4: the last proxy sends `*` for an OPTIONS with an empty path and no query.
-        "" if method == "OPTIONS" => "*".to_string(),
-        "" => "/".to_string(),
-        _ if path.starts_with('?') => format!("/{path}"),
-        _ => path.to_string(),
+        "" if method == "OPTIONS" => Target::Whole("*"),
+        "" => Target::Rooted(""),
+        _ if path.starts_with('?') => Target::Rooted(path),
+        _ => Target::Whole(path),
     };
-    Ok((origin, Some(authority.to_string())))
+    Ok((origin, Some(authority)))
 }
 
 /// uri-host [":" port] (RFC 3986 §3.2): unreserved, pct-encoded, sub-delims, `:`, and
@@ -494,7 +577,7 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
 /// RFC 9112 §9.3: HTTP/1.1 persists unless `close`; HTTP/1.0 only with `keep-alive`.
 fn persistent(version: Version, headers: &[Header]) -> bool {
     let tokens = headers::connection_tokens(headers);
-    let has = |token: &str| tokens.iter().any(|t| t == token);
+    let has = |token: &str| tokens.contains(token);
     match version {
         Version::Http11 => !has("close"),
         Version::Http10 => has("keep-alive") && !has("close"),
@@ -848,6 +931,51 @@ mod tests {
             assert_eq!(head.method, *method);
             assert_eq!(head.target, *want_target, "{target}");
             assert_eq!(head.authority.as_deref(), *want_authority, "{target}");
+        }
+    }
+
+    /// A head parsed into one reused after others, with more, fewer or other fields, is
+    /// the head a fresh parse gives: nothing of an earlier request survives.
+    #[test]
+    fn reused_heads_equal_fresh_ones() {
+        let requests: &[&[u8]] = &[
+            b"GET http://a/x HTTP/1.1\r\nHost: a\r\nX-1: 1\r\nX-2: 2\r\nConnection: close\r\n\r\n",
+            b"POST /p HTTP/1.1\r\nHost: b\r\nContent-Length: 3\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"PUT /q?x HTTP/1.1\r\nHost: c\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\nA: a\r\nB: b\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: d\r\n\r\n",
+        ];
+        let mut reused = RequestHead::empty();
+        for _ in 0..2 {
+            for input in requests {
+                let (fresh, len) = parse_request(input, &LIMITS).unwrap().unwrap();
+                assert_eq!(
+                    parse_request_into(input, &LIMITS, &mut reused),
+                    Ok(Some(len))
+                );
+                assert_eq!(reused, fresh);
+            }
+        }
+        let responses: &[(&[u8], &str)] = &[
+            (
+                b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nContent-Length: 5\r\n\r\n",
+                "GET",
+            ),
+            (b"HTTP/1.0 404 Not Found\r\n\r\n", "GET"),
+            (b"HTTP/1.1 204 \r\nConnection: close\r\n\r\n", "GET"),
+            (
+                b"HTTP/1.1 200 Fine\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "HEAD",
+            ),
+        ];
+        let mut reused = ResponseHead::empty();
+        for _ in 0..2 {
+            for (input, method) in responses {
+                let (fresh, len) = parse_response(input, &LIMITS, method).unwrap().unwrap();
+                let got = parse_response_into(input, &LIMITS, method, &mut reused);
+                assert_eq!(got, Ok(Some(len)));
+                assert_eq!(reused, fresh);
+            }
         }
     }
 

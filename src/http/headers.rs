@@ -20,21 +20,70 @@ pub const HOP_BY_HOP: [&str; 7] = [
     "upgrade",
 ];
 
-/// The lower-cased tokens of every `Connection` field (RFC 9110 §7.6.1), in order.
-pub fn connection_tokens(headers: &[Header]) -> Vec<String> {
-    named(headers, "connection")
-        .flat_map(|h| list_elements(&h.value))
-        .map(|token| String::from_utf8_lossy(token).to_ascii_lowercase())
-        .collect()
+/// The tokens of every `Connection` field (RFC 9110 §7.6.1), read in place rather than
+/// collected, so a head costs no allocation for them. Heads have a handful of fields
+/// and at most one `Connection`, which is found once here.
+#[derive(Clone, Copy)]
+pub struct ConnectionTokens<'a> {
+    /// The value of the first `Connection` field.
+    first: Option<&'a [u8]>,
+    /// The fields from the second `Connection` on (empty when there is at most one).
+    rest: &'a [Header],
+    /// The only token, when there is one `Connection` field holding one (the usual
+    /// `keep-alive` or `close`): then a lookup is one comparison.
+    single: Option<&'a [u8]>,
+}
+
+impl<'a> ConnectionTokens<'a> {
+    /// Every token, in order, as received (compare them case-insensitively).
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> {
+        let rest = named(self.rest, "connection").flat_map(|h| list_elements(&h.value));
+        self.first.into_iter().flat_map(list_elements).chain(rest)
+    }
+
+    /// Whether some `Connection` field lists `token`, case-insensitively.
+    pub fn contains(&self, token: &str) -> bool {
+        if let Some(single) = self.single {
+            return single.eq_ignore_ascii_case(token.as_bytes());
+        }
+        let Some(first) = self.first else {
+            return false;
+        };
+        let is = |t: &[u8]| t.eq_ignore_ascii_case(token.as_bytes());
+        list_elements(first).any(is)
+            || (!self.rest.is_empty()
+                && named(self.rest, "connection").any(|h| list_elements(&h.value).any(is)))
+    }
+}
+
+/// The tokens of the `Connection` fields among `headers`.
+pub fn connection_tokens(headers: &[Header]) -> ConnectionTokens<'_> {
+    let is_connection = |h: &Header| h.name.eq_ignore_ascii_case("connection");
+    let Some(i) = headers.iter().position(is_connection) else {
+        return ConnectionTokens {
+            first: None,
+            rest: &[],
+            single: None,
+        };
+    };
+    let after = &headers[i + 1..];
+    let first = &headers[i].value;
+    let rest = after
+        .iter()
+        .position(is_connection)
+        .map_or(&[][..], |j| &after[j..]);
+    let single = (rest.is_empty() && !first.contains(&b',')).then(|| trim_ows(first));
+    ConnectionTokens {
+        first: Some(first),
+        rest,
+        single,
+    }
 }
 
 /// Whether the field `name` must not be forwarded: it is hop-by-hop by definition, or the
-/// `Connection` field named it. `connection_tokens` is the result of [`connection_tokens`].
-pub fn is_hop_by_hop(name: &str, connection_tokens: &[String]) -> bool {
-    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
-        || connection_tokens
-            .iter()
-            .any(|t| t.eq_ignore_ascii_case(name))
+/// `Connection` field named it.
+pub fn is_hop_by_hop(name: &str, connection_tokens: &ConnectionTokens<'_>) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name)) || connection_tokens.contains(name)
 }
 
 /// The first field called `name` (field names are case-insensitive, RFC 9110 §5.1).
@@ -94,22 +143,24 @@ mod tests {
     }
 
     #[test]
-    fn connection_tokens_are_lowercased_across_fields() {
+    fn connection_tokens_span_fields_and_ignore_case() {
         let headers = [
             h("Host", "a"),
             h("Connection", "Keep-Alive, X-Foo"),
             h("connection", " ,close ,,"),
         ];
-        assert_eq!(
-            connection_tokens(&headers),
-            ["keep-alive", "x-foo", "close"]
-        );
-        assert!(connection_tokens(&[h("Host", "a")]).is_empty());
+        let tokens = connection_tokens(&headers);
+        let got: Vec<&[u8]> = tokens.iter().collect();
+        assert_eq!(got, [&b"Keep-Alive"[..], b"X-Foo", b"close"]);
+        assert!(tokens.contains("keep-alive") && tokens.contains("CLOSE"));
+        assert!(!tokens.contains("x-fo") && !tokens.contains("host"));
+        assert_eq!(connection_tokens(&[h("Host", "a")]).iter().count(), 0);
     }
 
     #[test]
     fn hop_by_hop_table() {
-        let tokens = vec!["x-foo".to_string()];
+        let with_x_foo = [h("Connection", "X-FOO")];
+        let tokens = connection_tokens(&with_x_foo);
         let cases: &[(&str, bool)] = &[
             ("Connection", true),
             ("KEEP-ALIVE", true),

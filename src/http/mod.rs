@@ -13,8 +13,8 @@ pub mod headers;
 
 pub use chunked::{ChunkError, ChunkedDecoder, Decoded};
 pub use head::{
-    parse_request, parse_response, BodyFraming, HeadError, HeadLimits, RequestHead,
-    ResponseFraming, ResponseHead,
+    parse_request, parse_request_into, parse_response, parse_response_into, BodyFraming, HeadError,
+    HeadLimits, RequestHead, ResponseFraming, ResponseHead,
 };
 pub use headers::Header;
 

@@ -266,24 +266,16 @@ fn port_already_in_use() {
 #[test]
 fn unwritable_journal_directory() {
     // A regular file where the journal directory should be.
-    for args in [&[][..], &["--check"][..]] {
-        let ran = run_check(&good_plus("DEFERRED_Q_DIR={dir}/sq.properties/sub"), args);
-        assert!(
-            !ran.timed_out,
-            "started with an unusable journal directory; {}",
-            ran.describe()
-        );
-        assert_eq!(ran.code(), Some(1), "{}", ran.describe());
-        let last = ran.last_stderr_line();
-        assert!(
-            last.starts_with(&format!("serviceq: {}", ran.config.display())),
-            "{last:?}"
-        );
-        assert!(
-            last.contains("DEFERRED_Q_DIR") || last.contains("sq.properties/sub"),
-            "should name the journal dir: {last:?}"
-        );
-    }
+    expect_start_failure(
+        &good_plus("DEFERRED_Q_DIR={dir}/sq.properties/sub"),
+        "an unusable journal directory",
+        |last| {
+            assert!(
+                last.contains("DEFERRED_Q_DIR") || last.contains("sq.properties/sub"),
+                "should name the journal dir: {last:?}"
+            );
+        },
+    );
 }
 
 #[test]

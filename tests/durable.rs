@@ -18,11 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use support::queue::*;
 use support::*;
 
-/// Replay pauses grow to at most 5 s while every endpoint is down (SPEC §5).
-const REPLAY_DEADLINE: Duration = Duration::from_secs(20);
-const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+/// The Host of every request here (recovered requests keep it as X-Forwarded-Host).
+const HOST: &str = "durable.test";
 /// Default segment rotation size of the journal (`journal::DEFAULT_SEGMENT_BYTES`).
 const SEGMENT_BYTES: u64 = 8 << 20;
 
@@ -30,35 +30,16 @@ const SEGMENT_BYTES: u64 = 8 << 20;
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-/// A mock that is stopped: its port refuses until `restart`.
-fn down_upstream(b: Behaviour) -> Upstream {
-    let mut u = Upstream::start(b);
-    u.stop();
-    u
-}
-
-/// Deferred queue on with a journal in `dir`; room for 64 queued requests.
+/// Deferred queue on for POST with a journal in `dir`, one attempt per endpoint; room
+/// for 64 queued requests.
 fn journal_conf(endpoints: &[String], dir: &Path) -> Conf {
-    Conf::new(endpoints)
-        .set("ENABLE_DEFERRED_Q", "true")
-        .set("DEFERRED_Q_REQUEST_FORMATS", "POST")
+    queue_conf(endpoints, "POST")
         .set("MAX_RETRIES", &endpoints.len().to_string())
-        .set("CONCURRENCY_PEAK", "64")
         .set("DEFERRED_Q_DIR", &dir.display().to_string())
 }
 
 fn raw_post(target: &str, body: &[u8], id: Option<&str>) -> Vec<u8> {
-    let mut head = format!(
-        "POST {target} HTTP/1.1\r\nHost: durable.test\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(id) = id {
-        head.push_str(&format!("X-Request-Id: {id}\r\n"));
-    }
-    head.push_str("\r\n");
-    let mut out = head.into_bytes();
-    out.extend_from_slice(body);
-    out
+    raw_request("POST", HOST, target, body, id)
 }
 
 fn post(sq: &ServiceQ, target: &str, body: &[u8], id: Option<&str>) -> Response {
@@ -79,16 +60,6 @@ fn index_of(tag: &str, body: &[u8]) -> Option<usize> {
     let rest = body.strip_prefix(format!("{tag}-").as_bytes())?;
     let i: usize = std::str::from_utf8(rest.get(..3)?).ok()?.parse().ok()?;
     (body == body_for(tag, i).as_slice()).then_some(i)
-}
-
-fn assert_buffered(r: &Response, what: &str) {
-    assert_eq!(
-        (r.status, r.body_str().as_str()),
-        (503, r#"{"sq_msg":"Request Buffered"}"#),
-        "{what}: expected 503 Request Buffered, got:\n{}{}",
-        r.raw_head,
-        r.body_str()
-    );
 }
 
 /// Buffers `bodies` as `POST /TAG/i` with `X-Request-Id: TAG-id-i`.
@@ -158,23 +129,6 @@ fn journal_bytes(dir: &Path) -> Vec<u8> {
         .collect()
 }
 
-/// Holds for the whole `window` (polled every 10 ms); false as soon as it does not.
-fn holds_for(window: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + window;
-    while Instant::now() < deadline {
-        if !cond() {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    cond()
-}
-
-/// Waits until the replay thread logged a delivery that emptied the queue.
-fn wait_drained(sq: &ServiceQ, timeout: Duration) -> bool {
-    wait_until(timeout, || sq.stderr().contains("; 0 left"))
-}
-
 /// Indexes of the `tag` bodies the upstream received, in arrival order (panics on a
 /// body that is not an intact `tag` body).
 fn delivered(u: &Upstream, tag: &str) -> Vec<usize> {
@@ -192,6 +146,61 @@ fn delivered(u: &Upstream, tag: &str) -> Vec<usize> {
             i
         })
         .collect()
+}
+
+/// Starts the proxy on `body` again (its endpoint `u` back up): stderr shows each of
+/// `expect` (the recovery line, warnings), the `n` recovered requests reach `u`, the
+/// queue drains, and nothing more comes for `quiet`. Returns the proxy, still running.
+fn recover_and_drain(
+    u: &Upstream,
+    body: &str,
+    expect: &[&str],
+    n: usize,
+    quiet: Duration,
+) -> ServiceQ {
+    let sq = ServiceQ::start(body);
+    let stderr = sq.stderr();
+    for needle in expect {
+        assert!(
+            stderr.contains(needle),
+            "no `{needle}` on stderr:\n{stderr}"
+        );
+    }
+    assert!(
+        u.wait_requests(n, DRAIN_DEADLINE),
+        "only {} of {n} recovered requests delivered; stderr:\n{}",
+        u.request_count(),
+        sq.stderr()
+    );
+    assert!(wait_drained(&sq, 1, Duration::from_secs(5)));
+    assert!(
+        holds_for(quiet, || u.request_count() == n),
+        "{} deliveries for {n} recovered requests: {:?}",
+        u.request_count(),
+        u.requests()
+            .iter()
+            .map(|r| r.target.clone())
+            .collect::<Vec<_>>()
+    );
+    sq
+}
+
+/// Starts the proxy on `body` again when every queued request was acknowledged or
+/// dead-lettered: it recovers nothing, and `u` gets no request beyond its `n` for
+/// `quiet`. Returns the proxy, still running.
+fn recovers_nothing(u: &Upstream, body: &str, n: usize, quiet: Duration) -> ServiceQ {
+    let sq = ServiceQ::start(body);
+    assert!(
+        sq.stderr().contains(": 0 requests recovered"),
+        "requests recovered again; stderr:\n{}",
+        sq.stderr()
+    );
+    assert!(
+        holds_for(quiet, || u.request_count() == n),
+        "{} requests delivered, {n} expected",
+        u.request_count()
+    );
+    sq
 }
 
 // ---------------------------------------------------------------------------------------
@@ -216,27 +225,11 @@ fn fifty_buffered_requests_survive_sigkill_in_order() {
     );
 
     a.restart();
-    let sq = ServiceQ::start(&body);
-    assert!(
-        sq.stderr().contains(&format!(
-            "queue journal {}: {N} requests recovered",
-            journal.path().display()
-        )),
-        "no `{N} requests recovered` line; stderr:\n{}",
-        sq.stderr()
+    let recovered = format!(
+        "queue journal {}: {N} requests recovered",
+        journal.path().display()
     );
-    assert!(
-        a.wait_requests(N, DRAIN_DEADLINE),
-        "only {} of {N} recovered requests delivered; stderr:\n{}",
-        a.request_count(),
-        sq.stderr()
-    );
-    assert!(wait_drained(&sq, Duration::from_secs(5)));
-    assert!(
-        holds_for(Duration::from_millis(700), || a.request_count() == N),
-        "{} deliveries for {N} requests",
-        a.request_count()
-    );
+    let sq = recover_and_drain(&a, &body, &[&recovered], N, Duration::from_millis(700));
     assert_eq!(delivered(&a, "kill"), (0..N).collect::<Vec<_>>());
     // Recovered requests get the Host of the endpoint that takes them, and keep the
     // forwarding headers of their first attempt.
@@ -253,13 +246,7 @@ fn fifty_buffered_requests_survive_sigkill_in_order() {
     kill(sq);
 
     // Every delivery was acknowledged: a third start recovers nothing.
-    let sq = ServiceQ::start(&body);
-    assert!(
-        sq.stderr().contains(": 0 requests recovered"),
-        "acknowledged requests recovered again; stderr:\n{}",
-        sq.stderr()
-    );
-    assert!(holds_for(Duration::from_millis(1000), || a.request_count() == N));
+    let _sq = recovers_nothing(&a, &body, N, Duration::from_millis(1000));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -294,26 +281,14 @@ fn journal_truncated_mid_record_keeps_every_complete_record() {
     drop(f);
 
     u.restart();
-    let sq = ServiceQ::start(&body);
-    let stderr = sq.stderr();
-    assert!(
-        stderr.contains("torn tail"),
-        "no warning about the torn tail; stderr:\n{stderr}"
-    );
-    assert!(
-        stderr.contains(&format!(": {} requests recovered", N - 1)),
-        "expected {} requests recovered; stderr:\n{stderr}",
-        N - 1
-    );
-    assert!(
-        u.wait_requests(N - 1, DRAIN_DEADLINE),
-        "only {} of {} complete records delivered; stderr:\n{}",
-        u.request_count(),
+    let recovered = format!(": {} requests recovered", N - 1);
+    let sq = recover_and_drain(
+        &u,
+        &body,
+        &["torn tail", &recovered],
         N - 1,
-        sq.stderr()
+        Duration::from_millis(700),
     );
-    assert!(wait_drained(&sq, Duration::from_secs(5)));
-    assert!(holds_for(Duration::from_millis(700), || u.request_count() == N - 1));
     assert_eq!(delivered(&u, "torn"), (0..N - 1).collect::<Vec<_>>());
 
     // The tail was cut, so what is appended next follows a complete record and survives
@@ -374,32 +349,13 @@ fn corrupt_middle_and_recover(tag: &str, damage: impl FnOnce(&mut Vec<u8>, usize
     fs::write(&seg, &bytes).unwrap();
 
     u.restart();
-    let sq = ServiceQ::start(&body);
-    let stderr = sq.stderr();
-    assert!(
-        stderr.contains("corrupt record"),
-        "no warning about the corrupt record; stderr:\n{stderr}"
-    );
-    assert!(
-        stderr.contains(&format!(": {} requests recovered", N - 1)),
-        "expected {} requests recovered; stderr:\n{stderr}",
-        N - 1
-    );
-    assert!(
-        u.wait_requests(N - 1, DRAIN_DEADLINE),
-        "only {} of {} intact records delivered; stderr:\n{}",
-        u.request_count(),
+    let recovered = format!(": {} requests recovered", N - 1);
+    let _sq = recover_and_drain(
+        &u,
+        &body,
+        &["corrupt record", &recovered],
         N - 1,
-        sq.stderr()
-    );
-    assert!(wait_drained(&sq, Duration::from_secs(5)));
-    assert!(
-        holds_for(Duration::from_millis(700), || u.request_count() == N - 1),
-        "the corrupt record was delivered after all: {:?}",
-        u.requests()
-            .iter()
-            .map(|r| r.target.clone())
-            .collect::<Vec<_>>()
+        Duration::from_millis(700),
     );
     let want: Vec<usize> = (0..N).filter(|&i| i != MIDDLE).collect();
     assert_eq!(delivered(&u, tag), want);
@@ -522,7 +478,7 @@ fn thousands_of_queue_deliver_cycles_keep_the_journal_bounded() {
             max_listing = listing;
         }
     }
-    assert!(wait_drained(&sq, Duration::from_secs(10)));
+    assert!(wait_drained(&sq, 1, Duration::from_secs(10)));
     let journaled = (TOTAL * (BODY_BYTES + 300)) as u64;
     let (usage, listing) = dir_usage(journal.path());
     eprintln!(
@@ -558,13 +514,7 @@ fn thousands_of_queue_deliver_cycles_keep_the_journal_bounded() {
     // Everything is acknowledged: a crash and restart recovers nothing.
     drop(client);
     kill(sq);
-    let sq = ServiceQ::start(&body);
-    assert!(
-        sq.stderr().contains(": 0 requests recovered"),
-        "{}",
-        sq.stderr()
-    );
-    assert!(holds_for(Duration::from_millis(700), || u.request_count() == TOTAL));
+    let _sq = recovers_nothing(&u, &body, TOTAL, Duration::from_millis(700));
 }
 
 fn tail(text: &str, lines: usize) -> String {
@@ -629,7 +579,7 @@ fn requests_older_than_max_age_go_to_the_dead_letter_file() {
         "the fresh request was not delivered; stderr:\n{}",
         sq.stderr()
     );
-    assert!(wait_drained(&sq, Duration::from_secs(5)));
+    assert!(wait_drained(&sq, 1, Duration::from_secs(5)));
     assert!(
         holds_for(Duration::from_millis(1000), || u.request_count() == 1),
         "expired requests delivered after all"
@@ -638,13 +588,7 @@ fn requests_older_than_max_age_go_to_the_dead_letter_file() {
 
     // Dead letters left the queue for good: nothing is recovered after a crash.
     kill(sq);
-    let sq = ServiceQ::start(&body);
-    assert!(
-        sq.stderr().contains(": 0 requests recovered"),
-        "{}",
-        sq.stderr()
-    );
-    assert!(holds_for(Duration::from_millis(1000), || u.request_count() == 1));
+    let _sq = recovers_nothing(&u, &body, 1, Duration::from_millis(1000));
     // And the dead-letter file is kept as it was.
     let again = fs::read(journal.join("dead-letter.log")).unwrap();
     assert_eq!(count(&again, &body_for("dead", 0)), 1);
@@ -731,15 +675,8 @@ fn sigterm_leaves_queued_requests_in_the_journal_for_the_next_start() {
     drop(sq);
 
     u.restart();
-    let sq = ServiceQ::start(&body);
-    assert!(
-        sq.stderr().contains(&format!(": {N} requests recovered")),
-        "{}",
-        sq.stderr()
-    );
-    assert!(u.wait_requests(N, DRAIN_DEADLINE), "{}", sq.stderr());
-    assert!(wait_drained(&sq, Duration::from_secs(5)));
-    assert!(holds_for(Duration::from_millis(500), || u.request_count() == N));
+    let recovered = format!(": {N} requests recovered");
+    let _sq = recover_and_drain(&u, &body, &[&recovered], N, Duration::from_millis(500));
     assert_eq!(delivered(&u, "term"), (0..N).collect::<Vec<_>>());
 }
 

@@ -12,13 +12,6 @@ const CUSTOM_HDR: (&str, &str) = ("X-Sq-Test", "yes");
 /// Replay pauses grow to at most 5 s while every endpoint is down.
 const REPLAY_DEADLINE: Duration = Duration::from_secs(15);
 
-/// A mock that is stopped: its port refuses until `restart`.
-fn down_upstream(b: Behaviour) -> Upstream {
-    let mut u = Upstream::start(b);
-    u.stop();
-    u
-}
-
 fn queue_conf(u: &Upstream, formats: &str) -> Conf {
     Conf::new(&[u.url()])
         .set("ENABLE_DEFERRED_Q", "true")

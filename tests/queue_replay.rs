@@ -14,53 +14,18 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use support::queue::*;
 use support::*;
 
-/// Replay pauses grow to at most 5 s while every endpoint is down (SPEC §5), so a
-/// restarted endpoint gets the head within ~5 s; the rest follows quickly.
-const REPLAY_DEADLINE: Duration = Duration::from_secs(20);
-/// Generous for a queue of 50 once the endpoint is back.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
-/// Enough slots for every test's queue (queued requests hold a slot each).
-const PEAK: &str = "64";
+/// The Host of every request here.
+const HOST: &str = "queue.test";
 
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-/// A mock that is stopped: its port refuses until `restart`.
-fn down_upstream(b: Behaviour) -> Upstream {
-    let mut u = Upstream::start(b);
-    u.stop();
-    u
-}
-
-/// Deferred queue on, one attempt per request, room for 64 queued requests.
-fn queue_conf(endpoints: &[String], formats: &str) -> Conf {
-    Conf::new(endpoints)
-        .set("ENABLE_DEFERRED_Q", "true")
-        .set("DEFERRED_Q_REQUEST_FORMATS", formats)
-        .set("MAX_RETRIES", "1")
-        .set("CONCURRENCY_PEAK", PEAK)
-}
-
-/// The raw bytes of a request with a Content-Length body and an optional X-Request-Id.
-fn raw_request(method: &str, target: &str, body: &[u8], id: Option<&str>) -> Vec<u8> {
-    let mut head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: queue.test\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(id) = id {
-        head.push_str(&format!("X-Request-Id: {id}\r\n"));
-    }
-    head.push_str("\r\n");
-    let mut out = head.into_bytes();
-    out.extend_from_slice(body);
-    out
-}
-
 fn send(sq: &ServiceQ, method: &str, target: &str, body: &[u8], id: Option<&str>) -> Response {
-    request(sq.addr(), &raw_request(method, target, body, id))
+    request(sq.addr(), &raw_request(method, HOST, target, body, id))
 }
 
 /// A body unique to `i`, of varying length, with bytes that a text-minded or
@@ -82,38 +47,10 @@ fn index_of(tag: &str, body: &[u8]) -> Option<usize> {
     (body == body_for(tag, i).as_slice()).then_some(i)
 }
 
+/// Buffered (see `support::queue::assert_buffered`), as a complete SPEC §6 response.
 fn assert_buffered(r: &Response, what: &str) {
-    assert_eq!(
-        (r.status, r.body_str()),
-        (503, r#"{"sq_msg":"Request Buffered"}"#.to_string()),
-        "{what} should be buffered; response:\n{}{}",
-        r.raw_head,
-        r.body_str()
-    );
+    support::queue::assert_buffered(r, what);
     assert_sq_response(r, 503, "Request Buffered", &[]);
-}
-
-/// How many times `needle` occurs in the proxy's stderr.
-fn stderr_count(sq: &ServiceQ, needle: &str) -> usize {
-    sq.stderr().matches(needle).count()
-}
-
-/// Waits until the replay thread logged a delivery that emptied the queue (`; 0 left`)
-/// `times` times in all.
-fn wait_drained(sq: &ServiceQ, times: usize, timeout: Duration) -> bool {
-    wait_until(timeout, || stderr_count(sq, "; 0 left") >= times)
-}
-
-/// Holds for the whole `window` (polled every 10 ms); false as soon as it does not.
-fn holds_for(window: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + window;
-    while Instant::now() < deadline {
-        if !cond() {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    cond()
 }
 
 /// Number of SPEC §7 lines for this endpoint and code in the error log.
@@ -589,7 +526,7 @@ fn upfront_queue_answers_202_at_once_and_delivers_in_order() {
             "DEFERRED_Q_REQUEST_FORMATS",
             "POST /orders/*,DELETE /orders/*",
         )
-        .set("CONCURRENCY_PEAK", PEAK)
+        .set("CONCURRENCY_PEAK", QUEUE_PEAK)
         .set("OUTGOING_REQUEST_TIMEOUT", "10")
         .set("CUSTOM_RESPONSE_HEADERS", "X-Sq-Test: upfront")
         .start();
@@ -757,7 +694,11 @@ fn queued_requests_fill_the_peak_then_429_until_drained() {
     let parallel: Vec<_> = (0..3)
         .map(|i| {
             thread::spawn(move || {
-                request(addr, &raw_request("POST", &format!("/par/{i}"), b"p", None)).status
+                request(
+                    addr,
+                    &raw_request("POST", HOST, &format!("/par/{i}"), b"p", None),
+                )
+                .status
             })
         })
         .collect();

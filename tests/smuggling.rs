@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use support::tls::make_cert;
 use support::*;
 
 /// The request a confused proxy would forward as a second one.
@@ -336,34 +337,38 @@ fn assert_timed_out(what: &str, ended: Ended, took: Duration, others: &[u16]) {
     );
 }
 
-#[test]
-fn slowloris_head_gets_408_while_others_are_served() {
+/// With CONCURRENCY_PEAK=2 and `timeout_key`=2, a client that sends `prefix` of its
+/// `/slow` request and then dribbles `dribbled` ends after about 2 s (see
+/// `assert_timed_out`) while another client is served, and nothing of its request
+/// reaches the upstream.
+fn slow_request_times_out(what: &str, timeout_key: &str, prefix: &[u8], dribbled: &[u8]) {
     let u = Upstream::start(Behaviour::Ok);
     let sq = conf(&u)
         .set("CONCURRENCY_PEAK", "2")
-        .set("CLIENT_HEADER_TIMEOUT", "2")
+        .set(timeout_key, "2")
         .start();
+    let (ended, took, others) = slow_client(&sq, prefix, dribbled);
+    assert_timed_out(what, ended, took, &others);
+    assert!(
+        u.requests().iter().all(|r| r.target != "/slow"),
+        "{what}: the slow request reached the upstream"
+    );
+}
+
+#[test]
+fn slowloris_head_gets_408_while_others_are_served() {
     let head = format!(
         "GET /slow HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
         "a".repeat(40)
     );
-    let (ended, took, others) = slow_client(&sq, b"", head.as_bytes());
-    assert_timed_out("slow head", ended, took, &others);
-    assert!(u.requests().iter().all(|r| r.target != "/slow"));
+    slow_request_times_out("slow head", "CLIENT_HEADER_TIMEOUT", b"", head.as_bytes());
 }
 
 #[test]
 fn stalled_body_gets_408_while_others_are_served() {
-    let u = Upstream::start(Behaviour::Ok);
-    let sq = conf(&u)
-        .set("CONCURRENCY_PEAK", "2")
-        .set("CLIENT_BODY_TIMEOUT", "2")
-        .start();
     // Half the body at once, then nothing.
     let head = b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n0123456789";
-    let (ended, took, others) = slow_client(&sq, head, b"");
-    assert_timed_out("stalled body", ended, took, &others);
-    assert!(u.requests().iter().all(|r| r.target != "/slow"));
+    slow_request_times_out("stalled body", "CLIENT_BODY_TIMEOUT", head, b"");
 }
 
 /// A body dribbled 1 byte per 500 ms is never "inactive" for CLIENT_BODY_TIMEOUT=2, yet
@@ -371,29 +376,20 @@ fn stalled_body_gets_408_while_others_are_served() {
 /// worker only within these bounds".
 #[test]
 fn dribbled_body_gets_408_while_others_are_served() {
-    let u = Upstream::start(Behaviour::Ok);
-    let sq = conf(&u)
-        .set("CONCURRENCY_PEAK", "2")
-        .set("CLIENT_BODY_TIMEOUT", "2")
-        .start();
     let head = b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n";
-    let (ended, took, others) = slow_client(&sq, head, &[b'b'; 40]);
-    assert_timed_out("dribbled body", ended, took, &others);
-    assert!(u.requests().iter().all(|r| r.target != "/slow"));
+    slow_request_times_out("dribbled body", "CLIENT_BODY_TIMEOUT", head, &[b'b'; 40]);
 }
 
 #[test]
 fn dribbled_chunked_body_gets_408_while_others_are_served() {
-    let u = Upstream::start(Behaviour::Ok);
-    let sq = conf(&u)
-        .set("CONCURRENCY_PEAK", "2")
-        .set("CLIENT_BODY_TIMEOUT", "2")
-        .start();
     let head = b"POST /slow HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
     let body = "1\r\nb\r\n".repeat(10);
-    let (ended, took, others) = slow_client(&sq, head, body.as_bytes());
-    assert_timed_out("dribbled chunked body", ended, took, &others);
-    assert!(u.requests().iter().all(|r| r.target != "/slow"));
+    slow_request_times_out(
+        "dribbled chunked body",
+        "CLIENT_BODY_TIMEOUT",
+        head,
+        body.as_bytes(),
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -512,13 +508,6 @@ impl Drop for Killed {
     }
 }
 
-fn have(tool: &str, arg: &str) -> bool {
-    std::process::Command::new(tool)
-        .arg(arg)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 #[test]
 fn tls_bytes_after_a_response_never_answer_the_next_request() {
     use std::process::{Command, Stdio};
@@ -527,19 +516,7 @@ fn tls_bytes_after_a_response_never_answer_the_next_request() {
         return;
     }
     let dir = TempDir::new("tls-late");
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=localhost", "-addext"])
-        .arg("subjectAltName=DNS:localhost,IP:127.0.0.1")
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("run openssl req");
-    assert!(made.status.success(), "{made:?}");
+    let (cert, key) = make_cert(dir.path(), "upstream");
     let port = refusing_port();
     let _upstream = Killed(
         Command::new("python3")
@@ -551,11 +528,7 @@ fn tls_bytes_after_a_response_never_answer_the_next_request() {
             .expect("spawn python3"),
     );
     assert!(
-        wait_until(Duration::from_secs(10), || TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_ok()),
+        wait_for_port(port, Duration::from_secs(10)),
         "TLS upstream did not come up"
     );
     let sq = Conf::new(&[format!("https://127.0.0.1:{port}")])

@@ -7,110 +7,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use support::tls::*;
 use support::*;
-
-fn have_openssl() -> bool {
-    Command::new("openssl")
-        .arg("version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-/// A self-signed EC certificate for localhost / 127.0.0.1: (cert.pem, key.pem) in `dir`.
-fn make_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let cert = dir.join(format!("{name}-cert.pem"));
-    let key = dir.join(format!("{name}-key.pem"));
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-        ])
-        .args([
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("run openssl req");
-    assert!(
-        out.status.success(),
-        "openssl req: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
-
-/// `openssl s_server -www` on a free port: an https endpoint answering every GET with
-/// a close-delimited HTTP/1.0 200 page. Killed on drop.
-struct TlsEndpoint {
-    child: Child,
-    port: u16,
-}
-
-impl TlsEndpoint {
-    fn start(cert: &Path, key: &Path) -> TlsEndpoint {
-        let port = refusing_port();
-        let child = Command::new("openssl")
-            .args(["s_server", "-quiet", "-www", "-accept"])
-            .arg(port.to_string())
-            .arg("-cert")
-            .arg(cert)
-            .arg("-key")
-            .arg(key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn openssl s_server");
-        let ep = TlsEndpoint { child, port };
-        assert!(
-            wait_until(Duration::from_secs(5), || std::net::TcpStream::connect((
-                "127.0.0.1",
-                port
-            ))
-            .is_ok()),
-            "s_server did not come up"
-        );
-        ep
-    }
-
-    fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for TlsEndpoint {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn curl_https(port: u16, ca: &Path, path: &str) -> std::process::Output {
-    Command::new("curl")
-        .args(["-sS", "--max-time", "10", "--cacert"])
-        .arg(ca)
-        .arg(format!("https://127.0.0.1:{port}{path}"))
-        .output()
-        .expect("run curl")
-}
 
 #[test]
 fn https_listener() {
@@ -120,17 +20,9 @@ fn https_listener() {
     let certs = TempDir::new("tls");
     let (cert, key) = make_cert(certs.path(), "listener");
     let u = Upstream::start(Behaviour::Ok);
-    let sq = Conf::new(&[u.url()])
-        .set("SSL_ENABLE", "true")
-        .set("SSL_CERTIFICATE_FILE", &cert.display().to_string())
-        .set("SSL_PRIVATE_KEY_FILE", &key.display().to_string())
-        .start();
-    let out = curl_https(sq.port(), &cert, "/secure");
-    assert!(
-        out.status.success(),
-        "curl over TLS failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let sq = tls_conf(&u.url(), &cert, &key).start();
+    let out = curl(&cert, &[], &[https_url(&sq, "/secure")]);
+    assert_curl_ok(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout), u.name());
     let req = &u.requests()[0];
     assert_eq!(req.target, "/secure");
@@ -150,10 +42,7 @@ fn silent_tls_client_is_dropped_after_client_header_timeout() {
     let certs = TempDir::new("tls");
     let (cert, key) = make_cert(certs.path(), "listener");
     let u = Upstream::start(Behaviour::Ok);
-    let sq = Conf::new(&[u.url()])
-        .set("SSL_ENABLE", "true")
-        .set("SSL_CERTIFICATE_FILE", &cert.display().to_string())
-        .set("SSL_PRIVATE_KEY_FILE", &key.display().to_string())
+    let sq = tls_conf(&u.url(), &cert, &key)
         .set("CLIENT_HEADER_TIMEOUT", "1")
         .set("CONCURRENCY_PEAK", "1")
         .start();
@@ -162,12 +51,8 @@ fn silent_tls_client_is_dropped_after_client_header_timeout() {
         silent.closed_within(Duration::from_secs(5)),
         "a silent TLS client held its worker past CLIENT_HEADER_TIMEOUT"
     );
-    let out = curl_https(sq.port(), &cert, "/after");
-    assert!(
-        out.status.success(),
-        "curl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = curl(&cert, &[], &[https_url(&sq, "/after")]);
+    assert_curl_ok(&out);
 }
 
 #[test]
@@ -236,33 +121,15 @@ fn https_endpoint_without_verification() {
     assert_eq!(r.status, 200, "{}{}", r.raw_head, r.body_str());
 }
 
-/// A valid body for run_check plus these extra lines (line 7 onwards).
-fn tls_body(extra: &str) -> String {
-    format!(
-        "# tls\nLISTENER_ADDRESS=127.0.0.1\nLISTENER_PORT=0\nERROR_LOG_FILE={{dir}}/error.log\n\
-         ENDPOINTS=http://127.0.0.1:9\nCONCURRENCY_PEAK=4\n{extra}"
-    )
-}
-
+/// Both a normal start and `--check` fail on `body` with an error line that mentions
+/// one of `needle_any`.
 fn expect_start_error(body: &str, needle_any: &[&str]) {
-    for args in [&[][..], &["--check"][..]] {
-        let ran = run_check(body, args);
-        assert!(
-            !ran.timed_out,
-            "started with bad certificates; {}",
-            ran.describe()
-        );
-        assert_eq!(ran.code(), Some(1), "{}", ran.describe());
-        let last = ran.last_stderr_line();
-        assert!(
-            last.starts_with(&format!("serviceq: {}", ran.config.display())),
-            "{last:?}"
-        );
+    expect_start_failure(body, "bad certificates", |last| {
         assert!(
             needle_any.iter().any(|n| last.contains(n)),
             "{last:?} should mention one of {needle_any:?}"
         );
-    }
+    });
 }
 
 #[test]
@@ -290,11 +157,7 @@ fn mismatched_key_is_a_start_error() {
     let (cert, _) = make_cert(certs.path(), "one");
     let (_, other_key) = make_cert(certs.path(), "two");
     expect_start_error(
-        &tls_body(&format!(
-            "SSL_ENABLE=true\nSSL_CERTIFICATE_FILE={}\nSSL_PRIVATE_KEY_FILE={}\n",
-            cert.display(),
-            other_key.display()
-        )),
+        &tls_listener_body(&cert, &other_key),
         &[
             "SSL_CERTIFICATE_FILE",
             "SSL_PRIVATE_KEY_FILE",

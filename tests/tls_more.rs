@@ -10,169 +10,12 @@ mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use support::tls::*;
 use support::*;
-
-fn have(tool: &str, arg: &str) -> bool {
-    let ok = Command::new(tool)
-        .arg(arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("SKIP: `{tool}` is not available");
-    }
-    ok
-}
-
-fn have_openssl() -> bool {
-    have("openssl", "version")
-}
-
-fn have_openssl_and_curl() -> bool {
-    have_openssl() && have("curl", "--version")
-}
-
-fn openssl(args: &[&str], dir: &Path) -> Output {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-const SUBJECT: [&str; 4] = [
-    "-subj",
-    "/CN=localhost",
-    "-addext",
-    "subjectAltName=DNS:localhost,IP:127.0.0.1",
-];
-
-/// A self-signed certificate for localhost / 127.0.0.1 with an EC key in PKCS#8 PEM
-/// (what `openssl req -newkey` writes): (cert.pem, key.pem) in `dir`.
-fn make_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let cert = dir.join(format!("{name}-cert.pem"));
-    let key = dir.join(format!("{name}-key.pem"));
-    let (c, k) = (cert.display().to_string(), key.display().to_string());
-    let mut args = vec![
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-days",
-        "2",
-        "-keyout",
-        &k,
-        "-out",
-        &c,
-    ];
-    args.extend(SUBJECT);
-    openssl(&args, dir);
-    (cert, key)
-}
-
-/// A self-signed certificate for an existing key file.
-fn cert_for_key(dir: &Path, key: &Path, name: &str) -> PathBuf {
-    let cert = dir.join(format!("{name}-cert.pem"));
-    let (c, k) = (cert.display().to_string(), key.display().to_string());
-    let mut args = vec!["req", "-x509", "-key", &k, "-days", "2", "-out", &c];
-    args.extend(SUBJECT);
-    openssl(&args, dir);
-    cert
-}
-
-fn tls_conf(upstream: &str, cert: &Path, key: &Path) -> Conf {
-    Conf::new(&[upstream])
-        .set("SSL_ENABLE", "true")
-        .set("SSL_CERTIFICATE_FILE", &cert.display().to_string())
-        .set("SSL_PRIVATE_KEY_FILE", &key.display().to_string())
-}
-
-/// curl over TLS, trusting `ca`, with extra arguments before the URLs.
-fn curl(ca: &Path, extra: &[&str], urls: &[String]) -> Output {
-    Command::new("curl")
-        .args(["-sS", "--max-time", "10", "--cacert"])
-        .arg(ca)
-        .args(extra)
-        .args(urls)
-        .output()
-        .expect("run curl")
-}
-
-fn url(sq: &ServiceQ, path: &str) -> String {
-    format!("https://127.0.0.1:{}{path}", sq.port())
-}
-
-fn assert_curl_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "curl failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// `openssl s_server -www` on a free port (killed on drop).
-struct TlsEndpoint {
-    child: Child,
-    port: u16,
-}
-
-impl TlsEndpoint {
-    fn start(cert: &Path, key: &Path, extra: &[&str], env: &[(&str, &str)]) -> TlsEndpoint {
-        let port = refusing_port();
-        let mut cmd = Command::new("openssl");
-        cmd.args(["s_server", "-quiet", "-www", "-accept"])
-            .arg(port.to_string())
-            .arg("-cert")
-            .arg(cert)
-            .arg("-key")
-            .arg(key)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("spawn openssl s_server");
-        let ep = TlsEndpoint { child, port };
-        assert!(
-            wait_until(Duration::from_secs(5), || std::net::TcpStream::connect((
-                "127.0.0.1",
-                port
-            ))
-            .is_ok()),
-            "s_server did not come up"
-        );
-        ep
-    }
-
-    fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for TlsEndpoint {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 
@@ -188,7 +31,11 @@ fn two_requests_share_one_tls_connection() {
     let sq = tls_conf(&u.url(), &cert, &key)
         .set("ADMIN_PORT", &admin_port.to_string())
         .start();
-    let out = curl(&cert, &["-v"], &[url(&sq, "/a"), url(&sq, "/b")]);
+    let out = curl(
+        &cert,
+        &["-v"],
+        &[https_url(&sq, "/a"), https_url(&sq, "/b")],
+    );
     assert_curl_ok(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "/a/b");
     let trace = String::from_utf8_lossy(&out.stderr);
@@ -202,14 +49,11 @@ fn two_requests_share_one_tls_connection() {
         "expected exactly one TLS handshake:\n{trace}"
     );
     // The proxy agrees: one client connection for the two requests.
-    let admin = format!("127.0.0.1:{admin_port}").parse().unwrap();
     assert!(
-        wait_until(Duration::from_secs(5), || std::net::TcpStream::connect(
-            admin
-        )
-        .is_ok()),
+        wait_for_port(admin_port, Duration::from_secs(5)),
         "admin listener not up"
     );
+    let admin = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let metrics = get(admin, "/metrics").body_str();
     assert!(
         metrics.contains("\nserviceq_connections_total 1\n"),
@@ -225,7 +69,7 @@ fn untrusted_https_endpoint_fails_over_to_a_healthy_one() {
     }
     let certs = TempDir::new("tls");
     let (cert, key) = make_cert(certs.path(), "untrusted");
-    let bad = TlsEndpoint::start(&cert, &key, &[], &[]);
+    let bad = TlsEndpoint::start(&cert, &key);
     let good = Upstream::start(Behaviour::Ok);
     // No SSL_UPSTREAM_CA_FILE: the self-signed certificate is not trusted.
     let sq = Conf::new(&[bad.url(), good.url()]).start();
@@ -276,7 +120,7 @@ fn plain_http_on_the_tls_port_is_closed_without_harm() {
     plain.send("GET /plain HTTP/1.1\r\nHost: x\r\n\r\n");
     // Meanwhile a TLS client is served.
     let ca = cert.clone();
-    let during = url(&sq, "/tls-during");
+    let during = https_url(&sq, "/tls-during");
     let tls = thread::spawn(move || curl(&ca, &[], &[during]));
     let start = Instant::now();
     assert!(
@@ -293,7 +137,7 @@ fn plain_http_on_the_tls_port_is_closed_without_harm() {
     assert_curl_ok(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout), u.name());
     // Nothing of the plain request reached the endpoint; the listener still serves.
-    let out = curl(&cert, &[], &[url(&sq, "/tls-after")]);
+    let out = curl(&cert, &[], &[https_url(&sq, "/tls-after")]);
     assert_curl_ok(&out);
     let targets: Vec<String> = u.requests().iter().map(|r| r.target.clone()).collect();
     assert_eq!(
@@ -317,7 +161,7 @@ fn x_forwarded_proto_is_https_on_a_tls_listener() {
     let out = curl(
         &cert,
         &["-H", "X-Forwarded-Proto: http"],
-        &[url(&sq, "/one"), url(&sq, "/two")],
+        &[https_url(&sq, "/one"), https_url(&sq, "/two")],
     );
     assert_curl_ok(&out);
     let reqs = u.requests();
@@ -337,30 +181,37 @@ fn x_forwarded_proto_is_https_on_a_tls_listener() {
 // Private key formats
 // ---------------------------------------------------------------------------------------
 
-/// A config body for run_check with TLS on.
-fn tls_body(cert: &Path, key: &Path) -> String {
-    format!(
-        "LISTENER_ADDRESS=127.0.0.1\nLISTENER_PORT=0\nERROR_LOG_FILE={{dir}}/error.log\n\
-         ENDPOINTS=http://127.0.0.1:9\nCONCURRENCY_PEAK=4\nSSL_ENABLE=true\n\
-         SSL_CERTIFICATE_FILE={}\nSSL_PRIVATE_KEY_FILE={}\n",
-        cert.display(),
-        key.display()
-    )
+/// A self-signed certificate for an existing key file.
+fn cert_for_key(dir: &Path, key: &Path, name: &str) -> PathBuf {
+    let cert = dir.join(format!("{name}-cert.pem"));
+    let (c, k) = (cert.display().to_string(), key.display().to_string());
+    let mut args = vec!["req", "-x509", "-key", &k, "-days", "2", "-out", &c];
+    args.extend(SUBJECT);
+    openssl(&args, dir);
+    cert
+}
+
+/// Writes a private key with `openssl ARGS` (which write `file` in `dir`), checks that it
+/// is a `-----BEGIN {pem}-----` PEM file and makes a self-signed certificate for it:
+/// (cert, key).
+fn key_with_cert(dir: &TempDir, args: &[&str], file: &str, pem: &str) -> (PathBuf, PathBuf) {
+    openssl(args, dir.path());
+    let key = dir.join(file);
+    assert!(
+        fs::read_to_string(&key)
+            .unwrap()
+            .starts_with(&format!("-----BEGIN {pem}-----")),
+        "{file} is not a {pem}"
+    );
+    let cert = cert_for_key(dir.path(), &key, file.trim_end_matches(".pem"));
+    (cert, key)
 }
 
 /// The key is refused at start (with and without --check) by one error line that names
 /// SSL_PRIVATE_KEY_FILE and the conversion command; returns that command.
 fn expect_key_refused(cert: &Path, key: &Path, kind: &str) -> String {
     let mut command = String::new();
-    for args in [&[][..], &["--check"][..]] {
-        let ran = run_check(&tls_body(cert, key), args);
-        assert!(!ran.timed_out, "started with {kind}; {}", ran.describe());
-        assert_eq!(ran.code(), Some(1), "{kind}: {}", ran.describe());
-        let last = ran.last_stderr_line();
-        assert!(
-            last.starts_with(&format!("serviceq: {}", ran.config.display())),
-            "{last:?}"
-        );
+    expect_start_failure(&tls_listener_body(cert, key), kind, |last| {
         assert!(last.contains("SSL_PRIVATE_KEY_FILE"), "{kind}: {last:?}");
         let at = last
             .find("openssl pkcs8 -topk8 -nocrypt")
@@ -370,7 +221,7 @@ fn expect_key_refused(cert: &Path, key: &Path, kind: &str) -> String {
             command.contains(&format!("-in {}", key.display())),
             "{kind}: the command should convert this key: {command:?}"
         );
-    }
+    });
     command
 }
 
@@ -398,7 +249,7 @@ fn converted_key_works(command: &str, dir: &Path, cert: &Path) {
     );
     let u = Upstream::start(Behaviour::Ok);
     let sq = tls_conf(&u.url(), cert, &converted).start();
-    let out = curl(cert, &[], &[url(&sq, "/converted")]);
+    let out = curl(cert, &[], &[https_url(&sq, "/converted")]);
     assert_curl_ok(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout), u.name());
 }
@@ -409,7 +260,8 @@ fn sec1_ec_key_is_refused_with_the_conversion_command() {
         return;
     }
     let dir = TempDir::new("tls");
-    openssl(
+    let (cert, key) = key_with_cert(
+        &dir,
         &[
             "ecparam",
             "-name",
@@ -419,13 +271,9 @@ fn sec1_ec_key_is_refused_with_the_conversion_command() {
             "-out",
             "sec1.pem",
         ],
-        dir.path(),
+        "sec1.pem",
+        "EC PRIVATE KEY",
     );
-    let key = dir.join("sec1.pem");
-    assert!(fs::read_to_string(&key)
-        .unwrap()
-        .starts_with("-----BEGIN EC PRIVATE KEY-----"));
-    let cert = cert_for_key(dir.path(), &key, "sec1");
     let command = expect_key_refused(&cert, &key, "a SEC1 EC key");
     converted_key_works(&command, dir.path(), &cert);
 }
@@ -436,15 +284,12 @@ fn pkcs1_rsa_key_is_refused_with_the_conversion_command() {
         return;
     }
     let dir = TempDir::new("tls");
-    openssl(
+    let (cert, key) = key_with_cert(
+        &dir,
         &["genrsa", "-traditional", "-out", "rsa1.pem", "2048"],
-        dir.path(),
+        "rsa1.pem",
+        "RSA PRIVATE KEY",
     );
-    let key = dir.join("rsa1.pem");
-    assert!(fs::read_to_string(&key)
-        .unwrap()
-        .starts_with("-----BEGIN RSA PRIVATE KEY-----"));
-    let cert = cert_for_key(dir.path(), &key, "rsa1");
     let command = expect_key_refused(&cert, &key, "a PKCS#1 RSA key");
     converted_key_works(&command, dir.path(), &cert);
 }
@@ -455,7 +300,8 @@ fn pkcs8_ec_key_works() {
         return;
     }
     let dir = TempDir::new("tls");
-    openssl(
+    let (cert, key) = key_with_cert(
+        &dir,
         &[
             "genpkey",
             "-algorithm",
@@ -465,18 +311,14 @@ fn pkcs8_ec_key_works() {
             "-out",
             "ec-pk8.pem",
         ],
-        dir.path(),
+        "ec-pk8.pem",
+        "PRIVATE KEY",
     );
-    let key = dir.join("ec-pk8.pem");
-    assert!(fs::read_to_string(&key)
-        .unwrap()
-        .starts_with("-----BEGIN PRIVATE KEY-----"));
-    let cert = cert_for_key(dir.path(), &key, "ec-pk8");
-    let ran = run_check(&tls_body(&cert, &key), &["--check"]);
+    let ran = run_check(&tls_listener_body(&cert, &key), &["--check"]);
     assert_eq!(ran.code(), Some(0), "{}", ran.describe());
     let u = Upstream::start(Behaviour::Ok);
     let sq = tls_conf(&u.url(), &cert, &key).start();
-    let out = curl(&cert, &["-v"], &[url(&sq, "/ec")]);
+    let out = curl(&cert, &["-v"], &[https_url(&sq, "/ec")]);
     assert_curl_ok(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout), u.name());
 }
@@ -526,13 +368,13 @@ fn tls_1_1_client_is_refused() {
     let (cert, key) = make_cert(certs.path(), "listener");
     // Can this openssl do TLS 1.1 at all? Try it against its own s_server.
     {
-        let probe = TlsEndpoint::start(
+        let probe = TlsEndpoint::start_with(
             &cert,
             &key,
             &["-tls1_1", "-cipher", OLD_TLS_CIPHERS],
             &[OLD_TLS_ENV],
         );
-        let (ok, text) = s_client(probe.port, &["-tls1_1", "-cipher", OLD_TLS_CIPHERS]);
+        let (ok, text) = s_client(probe.port(), &["-tls1_1", "-cipher", OLD_TLS_CIPHERS]);
         if !ok {
             eprintln!("SKIP: the local openssl cannot do TLS 1.1:\n{text}");
             return;
@@ -566,13 +408,13 @@ fn flooded_tls_client_reads_its_429() {
     let mut busy = Command::new("curl")
         .args(["-sS", "--max-time", "20", "--cacert"])
         .arg(&cert)
-        .arg(url(&sq, "/hang"))
+        .arg(https_url(&sq, "/hang"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("run curl");
     let reached = u.wait_requests(1, Duration::from_secs(5));
-    let out = curl(&cert, &["-i"], &[url(&sq, "/flooded")]);
+    let out = curl(&cert, &["-i"], &[https_url(&sq, "/flooded")]);
     let _ = busy.kill();
     let _ = busy.wait();
     assert!(reached, "the first request never reached the endpoint");

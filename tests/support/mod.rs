@@ -21,6 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// Deferred-queue helpers (raw requests with ids, drain and buffered checks).
+pub mod queue;
+/// TLS helpers: openssl-made certificates, an `openssl s_server` endpoint, curl.
+pub mod tls;
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_serviceq");
 /// The crate version, as `--version` and a bare `Server` custom header must show it.
@@ -54,8 +59,45 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Holds for the whole `window` (polled every 10 ms); false as soon as it does not.
+pub fn holds_for(window: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + window;
+    while Instant::now() < deadline {
+        if !cond() {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+/// Waits until something accepts TCP connections on 127.0.0.1:`port` (true) or
+/// `timeout` passes (false).
+pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    wait_until(timeout, || TcpStream::connect(("127.0.0.1", port)).is_ok())
+}
+
 pub fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
+}
+
+// ---------------------------------------------------------------------------------------
+// External tools
+// ---------------------------------------------------------------------------------------
+
+/// Whether `tool arg` runs and succeeds (tests that need the tool skip themselves
+/// otherwise); says SKIP on stderr when it does not.
+pub fn have(tool: &str, arg: &str) -> bool {
+    let ok = Command::new(tool)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIP: `{tool}` is not available");
+    }
+    ok
 }
 
 // ---------------------------------------------------------------------------------------
@@ -526,6 +568,24 @@ pub fn run_check(config_body: &str, args: &[&str]) -> Ran {
     let mut all: Vec<OsString> = vec!["--config".into(), config.clone().into_os_string()];
     all.extend(args.iter().map(OsString::from));
     run_binary(dir, config, &all, &[], Duration::from_secs(8))
+}
+
+/// Runs `body` as a normal start and with `--check` (see `run_check`): each run must end
+/// by itself with exit status 1 and a last stderr line that starts with
+/// `serviceq: CONFIG`; `what` says what is wrong with the body, for the messages.
+/// `check` gets that last line of each run for the test's own checks.
+pub fn expect_start_failure(body: &str, what: &str, mut check: impl FnMut(&str)) {
+    for args in [&[][..], &["--check"][..]] {
+        let ran = run_check(body, args);
+        assert!(!ran.timed_out, "started with {what}; {}", ran.describe());
+        assert_eq!(ran.code(), Some(1), "{what}: {}", ran.describe());
+        let last = ran.last_stderr_line();
+        assert!(
+            last.starts_with(&format!("serviceq: {}", ran.config.display())),
+            "{what}: {last:?}"
+        );
+        check(last);
+    }
 }
 
 /// Runs the binary with exactly these arguments and environment (on top of a clean one),
@@ -1622,6 +1682,13 @@ fn write_chunked(
         conn.stream.write_all(&out)?;
     }
     conn.stream.write_all(b"0\r\n\r\n")
+}
+
+/// A mock that is stopped: its port refuses until `restart`.
+pub fn down_upstream(b: Behaviour) -> Upstream {
+    let mut u = Upstream::start(b);
+    u.stop();
+    u
 }
 
 /// A port on 127.0.0.1 with nothing listening (bound to 0, then released).

@@ -1,21 +1,22 @@
 //! The listener, the acceptor thread, the fixed pool of workers and the accounting of
 //! SPEC §6's `CONCURRENCY_PEAK`. This file reads no HTTP bytes.
 //!
-//! The acceptor hands each connection to a free worker through a channel. When no
+//! The acceptor hands each connection to a free worker through a `Handoff`. When no
 //! worker is free, it reclaims the worker that has sat longest on an idle keep-alive
 //! connection (shutting that socket down wakes the worker's blocking read); only when
 //! every worker is busy with a request, or the held requests reach the peak, does the
 //! acceptor answer 429 itself and pass the socket to the lingering closer, so that the
 //! client reads the whole response rather than a reset.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::conn::Worker;
@@ -202,6 +203,63 @@ pub struct Accepted {
     pub peer: SocketAddr,
 }
 
+/// Connections on their way from the acceptor to the workers: a mutex and a condition
+/// variable rather than a channel, because a worker waiting here should sleep in the
+/// kernel at once. crossbeam's receiver spins and yields before it parks; with
+/// thousands of idle workers those `sched_yield`s (about six per connection) were a
+/// large part of a `Connection: close` request's CPU time.
+struct Handoff {
+    state: Mutex<HandoffState>,
+    ready: Condvar,
+}
+
+struct HandoffState {
+    waiting: VecDeque<Accepted>,
+    closed: bool,
+}
+
+impl Handoff {
+    fn new() -> Self {
+        Handoff {
+            state: Mutex::new(HandoffState {
+                waiting: VecDeque::new(),
+                closed: false,
+            }),
+            ready: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HandoffState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands `accepted` to one waiting worker (the acceptor reserved one for it).
+    fn send(&self, accepted: Accepted) {
+        self.lock().waiting.push_back(accepted);
+        self.ready.notify_one();
+    }
+
+    /// The next connection to serve; `None` once the acceptor has stopped.
+    fn recv(&self) -> Option<Accepted> {
+        let mut state = self.lock();
+        loop {
+            if let Some(accepted) = state.waiting.pop_front() {
+                return Some(accepted);
+            }
+            if state.closed {
+                return None;
+            }
+            state = self.ready.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Lets every worker finish: `recv` returns `None` once nothing is waiting.
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+}
+
 /// Binds the listener (SO_REUSEADDR, so a restart does not wait out TIME_WAIT).
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -232,12 +290,13 @@ pub fn run(
     if let Some(admin) = admin {
         crate::admin::start(admin, Arc::clone(&proxy), Arc::clone(&pool))?;
     }
-    let (tx, rx) = crossbeam_channel::bounded::<Accepted>(proxy.peak());
-    spawn_workers(&pool, &proxy, &rx)?;
+    let handoff = Arc::new(Handoff::new());
+    spawn_workers(&pool, &proxy, &handoff)?;
     let tls_rejects = start_tls_rejecter(&proxy)?;
     announce(&listener, &proxy)?;
-    accept_loop(&listener, &pool, &proxy, &tx, tls_rejects.as_ref())?;
-    drop(tx);
+    let accepted = accept_loop(&listener, &pool, &proxy, &handoff, tls_rejects.as_ref());
+    handoff.close();
+    accepted?;
     drain(&pool, &proxy);
     Ok(())
 }
@@ -294,15 +353,15 @@ fn drain(pool: &Pool, proxy: &Proxy) {
 fn spawn_workers(
     pool: &Arc<Pool>,
     proxy: &Arc<Proxy>,
-    rx: &Receiver<Accepted>,
+    handoff: &Arc<Handoff>,
 ) -> Result<(), RunError> {
     let wanted = pool.slots.len();
     for id in 0..wanted {
-        let (pool, proxy, rx) = (Arc::clone(pool), Arc::clone(proxy), rx.clone());
+        let (pool, proxy, handoff) = (Arc::clone(pool), Arc::clone(proxy), Arc::clone(handoff));
         thread::Builder::new()
             .name(format!("worker-{id}"))
             .stack_size(WORKER_STACK_BYTES)
-            .spawn(move || worker_loop(id, &pool, &proxy, &rx))
+            .spawn(move || worker_loop(id, &pool, &proxy, &handoff))
             .map_err(|source| RunError::Workers {
                 wanted,
                 started: id,
@@ -331,10 +390,10 @@ impl From<io::Error> for RunError {
     }
 }
 
-fn worker_loop(id: usize, pool: &Pool, proxy: &Arc<Proxy>, rx: &Receiver<Accepted>) {
+fn worker_loop(id: usize, pool: &Pool, proxy: &Arc<Proxy>, handoff: &Handoff) {
     let slot = &pool.slots[id];
     let mut worker = Worker::new(Arc::clone(proxy));
-    while let Ok(accepted) = rx.recv() {
+    while let Some(accepted) = handoff.recv() {
         slot.state.store(state::BUSY, Ordering::Release);
         slot.attach(accepted.stream.try_clone().ok());
         worker.serve(accepted, slot, pool);
@@ -346,7 +405,7 @@ fn accept_loop(
     listener: &TcpListener,
     pool: &Pool,
     proxy: &Proxy,
-    tx: &Sender<Accepted>,
+    handoff: &Handoff,
     tls_rejects: Option<&Sender<TcpStream>>,
 ) -> io::Result<()> {
     loop {
@@ -365,9 +424,7 @@ fn accept_loop(
         let has_worker =
             pool.held() < pool.peak && (pool.reserve_free_worker() || pool.reclaim_idle_worker());
         if has_worker {
-            if tx.send(Accepted { stream, peer }).is_err() {
-                return Ok(());
-            }
+            handoff.send(Accepted { stream, peer });
         } else {
             reject_flooded(stream, proxy, tls_rejects);
         }

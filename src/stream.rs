@@ -74,14 +74,28 @@ impl Write for Stream {
     }
 }
 
+/// Peeks at what `tcp` has received without blocking or consuming it: `Ok(0)` once the
+/// peer has closed, `WouldBlock` when nothing has arrived.
+pub fn peek_nonblocking(tcp: &TcpStream) -> io::Result<usize> {
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
+    socket2::SockRef::from(tcp).recv_with_flags(&mut probe, flags)
+}
+
 /// Writes every byte of `parts` in as few system calls as the kernel allows.
 pub fn write_all_vectored(w: &mut impl Write, parts: &[&[u8]]) -> io::Result<()> {
-    let mut slices: Vec<io::IoSlice<'_>> = parts
-        .iter()
-        .filter(|p| !p.is_empty())
-        .map(|p| io::IoSlice::new(p))
-        .collect();
-    let mut slices = &mut slices[..];
+    // The slices live on the stack: callers pass a handful of parts.
+    const MAX_PARTS: usize = 8;
+    if parts.len() > MAX_PARTS {
+        return parts.iter().try_for_each(|p| w.write_all(p));
+    }
+    let mut array = [io::IoSlice::new(&[]); MAX_PARTS];
+    let mut n = 0;
+    for p in parts.iter().filter(|p| !p.is_empty()) {
+        array[n] = io::IoSlice::new(p);
+        n += 1;
+    }
+    let mut slices = &mut array[..n];
     while !slices.is_empty() {
         match w.write_vectored(slices) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -91,4 +105,44 @@ pub fn write_all_vectored(w: &mut impl Write, parts: &[&[u8]]) -> io::Result<()>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_all_vectored;
+    use std::io::{self, Write};
+
+    /// Takes at most 3 bytes per call, from the vectored path as from the plain one.
+    struct Trickle(Vec<u8>);
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(3);
+            self.0.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            self.write(first)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn writes_every_part_in_order_through_partial_writes() {
+        let parts: Vec<Vec<u8>> = (0..12).map(|i| vec![b'a' + i as u8; i % 5]).collect();
+        for count in [0, 1, 4, 8, 9, 12] {
+            let slices: Vec<&[u8]> = parts[..count].iter().map(Vec::as_slice).collect();
+            let mut out = Trickle(Vec::new());
+            write_all_vectored(&mut out, &slices).unwrap();
+            assert_eq!(out.0, slices.concat(), "{count} parts");
+        }
+    }
 }

@@ -366,9 +366,7 @@ fn is_quiet(conn: &mut Stream) -> bool {
     match conn {
         // One non-blocking peek.
         Stream::Plain(tcp) => {
-            let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-            let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
-            match socket2::SockRef::from(&*tcp).recv_with_flags(&mut probe, flags) {
+            match crate::stream::peek_nonblocking(tcp) {
                 Err(e) => e.kind() == io::ErrorKind::WouldBlock,
                 // Ok(0): closed by the endpoint; Ok(_): stray bytes.
                 Ok(_) => false,

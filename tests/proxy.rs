@@ -493,3 +493,22 @@ fn ipv6_listener() {
     assert_eq!(r.status, 200);
     assert_eq!(u.requests()[0].header("x-forwarded-for"), Some("::1"));
 }
+
+/// The plain close after `Connection: close` (nothing more sent) still delivers every
+/// byte and ends with a clean EOF.
+#[test]
+fn connection_close_ends_with_clean_eof_after_a_large_response() {
+    const BODY: u64 = 8 << 20;
+    let u = Upstream::start(Behaviour::BigBody(BODY));
+    let sq = proxy_for(&u);
+    for _ in 0..3 {
+        let mut c = Client::connect(sq.addr());
+        c.send("GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut received = 0u64;
+        let r = c
+            .read_response_with(false, &mut |b| received += b.len() as u64)
+            .expect("the whole response");
+        assert_eq!((r.status, received), (200, BODY));
+        assert!(c.closed_within(Duration::from_secs(5)));
+    }
+}

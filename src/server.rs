@@ -203,29 +203,44 @@ pub struct Accepted {
     pub peer: SocketAddr,
 }
 
-/// Connections on their way from the acceptor to the workers: a mutex and a condition
-/// variable rather than a channel, because a worker waiting here should sleep in the
-/// kernel at once. crossbeam's receiver spins and yields before it parks; with
-/// thousands of idle workers those `sched_yield`s (about six per connection) were a
-/// large part of a `Connection: close` request's CPU time.
+/// Connections on their way from the acceptor to the workers.
+///
+/// The worker that went idle last gets the next connection (a stack, not a queue), so
+/// the workers in use are as few as the load needs and their stacks and buffers stay
+/// warm in cache; the others are never touched and cost no memory. Each worker sleeps
+/// on its own condition variable, so a hand-off wakes exactly the worker chosen. (A
+/// crossbeam channel, used before, spun and yielded before sleeping — about six
+/// `sched_yield`s per connection with thousands of workers — and woke workers in turn,
+/// so that under `Connection: close` load every one of them ended up with buffers.)
 struct Handoff {
     state: Mutex<HandoffState>,
-    ready: Condvar,
+    wake: Vec<Condvar>,
 }
 
 struct HandoffState {
-    waiting: VecDeque<Accepted>,
+    /// Workers waiting, the one that went idle last on top.
+    idle: Vec<usize>,
+    /// `waiting[i]`: worker `i` is in `idle`.
+    waiting: Vec<bool>,
+    /// `inbox[i]`: the connection handed to worker `i`.
+    inbox: Vec<Option<Accepted>>,
+    /// Connections accepted while no worker was waiting yet (a reserved worker is
+    /// finishing its connection): the next worker to look takes them, oldest first.
+    backlog: VecDeque<Accepted>,
     closed: bool,
 }
 
 impl Handoff {
-    fn new() -> Self {
+    fn new(workers: usize) -> Self {
         Handoff {
             state: Mutex::new(HandoffState {
-                waiting: VecDeque::new(),
+                idle: Vec::with_capacity(workers),
+                waiting: vec![false; workers],
+                inbox: (0..workers).map(|_| None).collect(),
+                backlog: VecDeque::new(),
                 closed: false,
             }),
-            ready: Condvar::new(),
+            wake: (0..workers).map(|_| Condvar::new()).collect(),
         }
     }
 
@@ -233,30 +248,48 @@ impl Handoff {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Hands `accepted` to one waiting worker (the acceptor reserved one for it).
+    /// Hands `accepted` to the worker that went idle last (the acceptor reserved a
+    /// worker for it; if none is waiting yet, the first to finish takes it).
     fn send(&self, accepted: Accepted) {
-        self.lock().waiting.push_back(accepted);
-        self.ready.notify_one();
+        let mut state = self.lock();
+        match state.idle.pop() {
+            Some(id) => {
+                state.waiting[id] = false;
+                state.inbox[id] = Some(accepted);
+                drop(state);
+                self.wake[id].notify_one();
+            }
+            None => state.backlog.push_back(accepted),
+        }
     }
 
-    /// The next connection to serve; `None` once the acceptor has stopped.
-    fn recv(&self) -> Option<Accepted> {
+    /// Worker `id`'s next connection; `None` once the acceptor has stopped.
+    fn recv(&self, id: usize) -> Option<Accepted> {
         let mut state = self.lock();
         loop {
-            if let Some(accepted) = state.waiting.pop_front() {
+            if let Some(accepted) = state.inbox[id].take() {
+                return Some(accepted);
+            }
+            if let Some(accepted) = state.backlog.pop_front() {
                 return Some(accepted);
             }
             if state.closed {
                 return None;
             }
-            state = self.ready.wait(state).unwrap_or_else(|p| p.into_inner());
+            if !state.waiting[id] {
+                state.waiting[id] = true;
+                state.idle.push(id);
+            }
+            state = self.wake[id].wait(state).unwrap_or_else(|p| p.into_inner());
         }
     }
 
-    /// Lets every worker finish: `recv` returns `None` once nothing is waiting.
+    /// Lets every worker finish: `recv` returns `None` once nothing is left for it.
     fn close(&self) {
         self.lock().closed = true;
-        self.ready.notify_all();
+        for wake in &self.wake {
+            wake.notify_one();
+        }
     }
 }
 
@@ -290,7 +323,7 @@ pub fn run(
     if let Some(admin) = admin {
         crate::admin::start(admin, Arc::clone(&proxy), Arc::clone(&pool))?;
     }
-    let handoff = Arc::new(Handoff::new());
+    let handoff = Arc::new(Handoff::new(pool.slots.len()));
     spawn_workers(&pool, &proxy, &handoff)?;
     let tls_rejects = start_tls_rejecter(&proxy)?;
     announce(&listener, &proxy)?;
@@ -393,7 +426,7 @@ impl From<io::Error> for RunError {
 fn worker_loop(id: usize, pool: &Pool, proxy: &Arc<Proxy>, handoff: &Handoff) {
     let slot = &pool.slots[id];
     let mut worker = Worker::new(Arc::clone(proxy));
-    while let Some(accepted) = handoff.recv() {
+    while let Some(accepted) = handoff.recv(id) {
         slot.state.store(state::BUSY, Ordering::Release);
         slot.attach(accepted.stream.try_clone().ok());
         worker.serve(accepted, slot, pool);
@@ -493,4 +526,79 @@ fn start_tls_rejecter(proxy: &Arc<Proxy>) -> io::Result<Option<Sender<TcpStream>
 pub fn linger_after_reply(linger: &Lingerer, stream: TcpStream) {
     let _ = stream.shutdown(Shutdown::Write);
     linger.close(stream);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Accepted, Handoff};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    /// A real connected socket to hand over, tagged by its local port.
+    fn accepted(listener: &TcpListener) -> (Accepted, u16) {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let port = client.local_addr().unwrap().port();
+        let (stream, peer) = listener.accept().unwrap();
+        std::mem::forget(client); // keep the connection open for the test's length
+        (Accepted { stream, peer }, port)
+    }
+
+    /// Waits (bounded) until `n` workers sleep in the handoff.
+    fn until_idle(h: &Handoff, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while h.lock().idle.len() != n {
+            assert!(Instant::now() < deadline, "workers did not go idle");
+            std::thread::yield_now();
+        }
+    }
+
+    /// The worker that went idle last is woken first; a connection accepted while none
+    /// waits goes to the next worker that looks; close ends every worker.
+    #[test]
+    fn last_idle_worker_first_then_backlog_then_close() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let h = Arc::new(Handoff::new(3));
+        let (got_tx, got_rx) = std::sync::mpsc::channel();
+        let spawn = |id: usize| {
+            let (h, got_tx) = (Arc::clone(&h), got_tx.clone());
+            std::thread::spawn(move || {
+                while let Some(a) = h.recv(id) {
+                    got_tx.send((id, a.peer.port())).unwrap();
+                }
+                got_tx.send((id, 0)).unwrap();
+            })
+        };
+        let w0 = spawn(0);
+        until_idle(&h, 1);
+        let w1 = spawn(1);
+        until_idle(&h, 2);
+        let (a, port) = accepted(&listener);
+        h.send(a);
+        assert_eq!(got_rx.recv().unwrap(), (1, port), "last idle first");
+        until_idle(&h, 2); // worker 1 is back on top
+        let (a, port) = accepted(&listener);
+        h.send(a);
+        assert_eq!(got_rx.recv().unwrap(), (1, port));
+        until_idle(&h, 2);
+        // No worker waiting: the connection waits for the next one that looks.
+        h.lock().idle.clear();
+        h.lock().waiting.iter_mut().for_each(|w| *w = false);
+        let (a, port) = accepted(&listener);
+        h.send(a);
+        assert_eq!(h.lock().backlog.len(), 1);
+        let w2 = spawn(2);
+        assert_eq!(got_rx.recv().unwrap(), (2, port), "backlog taken");
+        h.close();
+        for w in [w0, w1, w2] {
+            w.join().unwrap();
+        }
+        let mut ended: Vec<usize> = got_rx
+            .try_iter()
+            .filter(|g| g.1 == 0)
+            .map(|g| g.0)
+            .collect();
+        ended.sort_unstable();
+        assert_eq!(ended, [0, 1, 2]);
+    }
 }

@@ -97,6 +97,8 @@ pub struct Worker {
     req: RequestHead,
     /// The client's address as text, for X-Forwarded-For (rendered per connection).
     peer_ip: String,
+    /// When the first bytes of the current request head arrived.
+    head_started: Instant,
     scratch: Scratch,
     /// The settings snapshot and its generation, refreshed before each request.
     settings: (u64, Arc<Settings>),
@@ -159,6 +161,7 @@ impl Worker {
             headers: Vec::new(),
             req: RequestHead::empty(),
             peer_ip: String::new(),
+            head_started: Instant::now(),
             scratch: Scratch::new(),
             settings: proxy.snapshot(),
             outcome: Outcome::default(),
@@ -285,6 +288,7 @@ impl Worker {
         if self.inbuf.is_empty() && !self.wait_for_request(client, wait, slot, pool)? {
             return Ok(None);
         }
+        self.head_started = Instant::now();
         let cfg = &self.settings.1.cfg;
         let limits = HeadLimits {
             max_head_bytes: cfg.max_header_size,
@@ -555,10 +559,41 @@ impl Worker {
         match e.reply() {
             Some(reply) => {
                 let bytes = self.settings.1.render_reply(reply, true, head_only);
+                self.record_refusal(&client, reply, head_only);
                 close_after(client, &bytes, &self.proxy, Linger::Always);
             }
             None => drop(client),
         }
+    }
+
+    /// The access log line of a request refused before its head was understood (400,
+    /// 408, 431, 501, 505): nginx's convention, `-` for what could not be read.
+    fn record_refusal(&self, client: &Client, reply: Reply, head_only: bool) {
+        let took = self.head_started.elapsed();
+        METRICS.total_latency.observe(took);
+        let Some(log) = &self.proxy.access_log else {
+            return;
+        };
+        log.record(&accesslog::Entry {
+            client: client.peer.ip(),
+            method: "-",
+            target: "-",
+            version: "-",
+            status: reply.parts().0,
+            body_bytes: if head_only {
+                0
+            } else {
+                reply.body().len() as u64
+            },
+            referer: None,
+            user_agent: None,
+            upstream: None,
+            attempts: 0,
+            upstream_time: None,
+            request_time: took,
+            queued: None,
+            request_id: "-",
+        });
     }
 
     /// Relays an endpoint's response to the client and returns the connection to the pool

@@ -1120,10 +1120,12 @@ fn parse_access_line(line: &str) -> Result<AccessLine, String> {
     let [method, target, version] = parts[..] else {
         return Err(err("request is not `METHOD TARGET VERSION`"));
     };
-    if method.is_empty() || !method.bytes().all(|c| c.is_ascii_uppercase()) {
+    // `- - -`: a request refused before its head was understood.
+    let refused = [method, target, version] == ["-", "-", "-"];
+    if !refused && (method.is_empty() || !method.bytes().all(|c| c.is_ascii_uppercase())) {
         return Err(err("bad method"));
     }
-    if version != "HTTP/1.1" && version != "HTTP/1.0" {
+    if !refused && version != "HTTP/1.1" && version != "HTTP/1.0" {
         return Err(err("bad version"));
     }
     let (status, rest) = rest.split_once(' ').ok_or(err("no status"))?;
@@ -1505,4 +1507,26 @@ fn admin_is_not_held_up_by_a_silent_connection() {
     );
     drop(silent);
     drop(sq);
+}
+
+/// A request refused before its head could be understood still gets an access log
+/// line, with `-` for the request line and the status it was answered with.
+#[test]
+fn access_log_records_requests_refused_before_their_head() {
+    let u = Upstream::start(Behaviour::Ok);
+    let sq = Conf::new(&[u.url()])
+        .set("ACCESS_LOG_FILE", "{dir}/access.log")
+        .start();
+    let path = sq.dir().join("access.log");
+    let r = request(sq.addr(), b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+    let r = request(sq.addr(), b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 400);
+    let (l, _) = wait_access_line(&path, "\"- - -\"", Duration::from_secs(5));
+    assert_eq!((l.method.as_str(), l.target.as_str()), ("-", "-"), "{l:?}");
+    assert_eq!((l.status, l.bytes), (400, r.body.len() as u64), "{l:?}");
+    assert_eq!((l.upstream.as_str(), l.attempts), ("-", 0), "{l:?}");
+    assert_eq!(l.client, "127.0.0.1");
+    assert!(is_seconds(&l.request_time), "{l:?}");
+    assert_eq!(u.request_count(), 1, "the refused request went nowhere");
 }

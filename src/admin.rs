@@ -108,8 +108,7 @@ impl Admin {
     }
 
     fn serve(&self, mut stream: TcpStream) {
-        let _ = stream.set_read_timeout(Some(ADMIN_IO_TIMEOUT));
-        let _ = stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT));
+        let _ = crate::stream::set_timeouts(&stream, Some(ADMIN_IO_TIMEOUT));
         let Some((method, path)) = read_request_line(&mut stream) else {
             return;
         };

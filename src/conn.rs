@@ -173,10 +173,10 @@ impl Worker {
     /// connections it kept to the shared pool.
     pub fn serve(&mut self, accepted: Accepted, slot: &WorkerSlot, pool: &Pool) {
         self.serve_requests(accepted, slot, pool);
-        if !self.scratch.held.is_empty() {
-            let settings = Arc::clone(&self.settings.1);
-            settings.upstreams.release_held(&mut self.scratch.held);
-        }
+        self.settings
+            .1
+            .upstreams
+            .release_held(&mut self.scratch.held);
     }
 
     fn serve_requests(&mut self, accepted: Accepted, slot: &WorkerSlot, pool: &Pool) {
@@ -205,7 +205,8 @@ impl Worker {
             // just arrived, not only to the next connection.
             self.proxy.refresh(&mut self.settings);
             wait = Wait::KeepAlive;
-            let started = Instant::now();
+            // The request's time counts from its first bytes, as nginx's does.
+            let started = self.head_started;
             self.outcome.reset();
             if !pool.try_hold() {
                 self.proxy
@@ -246,9 +247,7 @@ impl Worker {
             return Some(Stream::Plain(tcp));
         };
         let limit = Some(self.settings.1.cfg.client_header_timeout);
-        tcp.set_read_timeout(limit)
-            .and_then(|()| tcp.set_write_timeout(limit))
-            .ok()?;
+        crate::stream::set_timeouts(&tcp, limit).ok()?;
         let peer = tcp.peer_addr().ok();
         match acceptor.accept(tcp) {
             Ok(tls) => Some(Stream::Tls(Box::new(tls))),
@@ -294,7 +293,7 @@ impl Worker {
             max_head_bytes: cfg.max_header_size,
             max_headers: cfg.max_headers,
         };
-        let deadline = Instant::now() + cfg.client_header_timeout;
+        let deadline = self.head_started + cfg.client_header_timeout;
         let mut head = std::mem::replace(&mut self.req, RequestHead::empty());
         loop {
             match parse_request_into(self.inbuf.filled(), &limits, &mut head) {
@@ -461,8 +460,10 @@ impl Worker {
     /// once every attempt failed (ENABLE_DEFERRED_Q); otherwise the last failure decides
     /// the reply.
     fn forward(&mut self, client: &mut Client, head: &RequestHead) -> (Next, Hold) {
-        let proxy = Arc::clone(&self.proxy);
-        let settings = Arc::clone(&self.settings.1);
+        // Fields are borrowed one by one (no Arc clone per request: its count is a cache
+        // line every worker would write).
+        let settings = &self.settings.1;
+        let proxy = &self.proxy;
         let origin = forward::Origin {
             client_ip: &self.peer_ip,
             proto: proxy.forwarded_proto,
@@ -478,7 +479,11 @@ impl Worker {
             &mut self.headers,
         );
         let queueable = settings.is_queueable(&head.method, &head.target);
-        if queueable && settings.cfg.enable_upfront_q {
+        let (upfront, deferred) = (
+            queueable && settings.cfg.enable_upfront_q,
+            queueable && settings.cfg.enable_deferred_q,
+        );
+        if upfront {
             return self.enqueue(client, head, Reply::Queued);
         }
         let req = OutgoingRequest {
@@ -488,17 +493,20 @@ impl Worker {
             body: &self.body,
         };
         let upstream_started = Instant::now();
-        let tried = settings.try_endpoints(&proxy.errlog, &req, &mut self.upbuf, &mut self.scratch);
+        let tried = self.settings.1.try_endpoints(
+            &self.proxy.errlog,
+            &req,
+            &mut self.upbuf,
+            &mut self.scratch,
+        );
         self.outcome.attempts = self.scratch.attempts;
         match tried {
             Ok((idx, exchange)) => {
-                let next = self.relay_response(client, head, &settings, idx, exchange);
+                let next = self.relay_response(client, head, idx, exchange);
                 self.outcome.upstream_time = Some(upstream_started.elapsed());
                 (next, Hold::Released)
             }
-            Err(_) if queueable && settings.cfg.enable_deferred_q => {
-                self.enqueue(client, head, Reply::Buffered)
-            }
+            Err(_) if deferred => self.enqueue(client, head, Reply::Buffered),
             Err(last) => (self.reply(client, head, last.reply()), Hold::Released),
         }
     }
@@ -602,11 +610,11 @@ impl Worker {
         &mut self,
         client: &mut Client,
         head: &RequestHead,
-        settings: &Settings,
         idx: usize,
         exchange: Exchange,
     ) -> Next {
-        let (proxy, upbuf, out) = (&self.proxy, &mut self.upbuf, &mut self.out);
+        let (proxy, settings) = (&self.proxy, &self.settings.1);
+        let (upbuf, out) = (&mut self.upbuf, &mut self.out);
         let scratch = &mut self.scratch;
         let Exchange {
             mut conn,

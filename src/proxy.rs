@@ -77,12 +77,6 @@ impl RequestIds {
             out.push_str(id);
         }
     }
-
-    pub fn next(&self) -> String {
-        let mut id = String::with_capacity(24);
-        self.next_into(&mut id);
-        id
-    }
 }
 
 /// The low `out.len()` hex digits of `n`, zero-padded, lower case.

@@ -505,11 +505,7 @@ fn start_tls_rejecter(proxy: &Arc<Proxy>) -> io::Result<Option<Sender<TcpStream>
         .spawn(move || {
             for tcp in rx {
                 let limit = Some(TLS_REJECT_HANDSHAKE);
-                if tcp
-                    .set_read_timeout(limit)
-                    .and_then(|()| tcp.set_write_timeout(limit))
-                    .is_err()
-                {
+                if crate::stream::set_timeouts(&tcp, limit).is_err() {
                     continue;
                 }
                 if let Ok(mut tls) = acceptor.accept(tcp) {

@@ -74,6 +74,12 @@ impl Write for Stream {
     }
 }
 
+/// Bounds every blocking read and write on `tcp` by `limit` (`None`: no bound).
+pub fn set_timeouts(tcp: &TcpStream, limit: Option<Duration>) -> io::Result<()> {
+    tcp.set_read_timeout(limit)?;
+    tcp.set_write_timeout(limit)
+}
+
 /// Peeks at what `tcp` has received without blocking or consuming it: `Ok(0)` once the
 /// peer has closed, `WouldBlock` when nothing has arrived.
 pub fn peek_nonblocking(tcp: &TcpStream) -> io::Result<usize> {

@@ -149,10 +149,6 @@ impl Held {
             Some(_) => Some(conn),
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.conns.iter().all(Option::is_none)
-    }
 }
 
 /// Tells one `Upstreams` from another (its `Held` connections are only its own).
@@ -308,9 +304,7 @@ impl Upstreams {
     fn dial(&self, up: &Upstream) -> Result<Stream, AttemptError> {
         let tcp = connect(&up.endpoint, self.timeout).map_err(AttemptError::from_connect)?;
         tcp.set_nodelay(true).map_err(AttemptError::Connect)?;
-        tcp.set_read_timeout(self.timeout)
-            .and_then(|()| tcp.set_write_timeout(self.timeout))
-            .map_err(AttemptError::Connect)?;
+        crate::stream::set_timeouts(&tcp, self.timeout).map_err(AttemptError::Connect)?;
         match (up.endpoint.scheme, &self.tls) {
             (Scheme::Http, _) => Ok(Stream::Plain(tcp)),
             (Scheme::Https, Some(tls)) => match tls.connect(&up.endpoint.host, tcp) {

@@ -357,23 +357,27 @@ fn ensure_prometheus_client() -> bool {
     false
 }
 
-/// Parses `text` with prometheus_client; returns (families with their type, number of
-/// samples), or panics with the parser's error.
-fn python_parse(text: &str) -> (BTreeMap<String, String>, usize) {
-    let mut child = Command::new("python3")
-        .args(["-c", PY_PARSE])
+/// Runs `cmd` with `input` on its stdin and collects its output.
+fn pipe_through(mut cmd: Command, input: &str) -> std::io::Result<std::process::Output> {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .expect("run python3");
+        .spawn()?;
     child
         .stdin
         .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+        .expect("stdin is piped")
+        .write_all(input.as_bytes())?;
+    child.wait_with_output()
+}
+
+/// Parses `text` with prometheus_client; returns (families with their type, number of
+/// samples), or panics with the parser's error.
+fn python_parse(text: &str) -> (BTreeMap<String, String>, usize) {
+    let mut python = Command::new("python3");
+    python.args(["-c", PY_PARSE]);
+    let out = pipe_through(python, text).expect("run python3");
     assert!(
         out.status.success(),
         "prometheus_client rejected /metrics:\n{}\n--- metrics ---\n{text}",
@@ -397,22 +401,13 @@ fn python_parse(text: &str) -> (BTreeMap<String, String>, usize) {
 
 /// `promtool check metrics`, when promtool is installed; silent otherwise.
 fn promtool_check(text: &str) {
-    let Ok(mut child) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    else {
-        return;
+    let mut promtool = Command::new("promtool");
+    promtool.args(["check", "metrics"]);
+    let out = match pipe_through(promtool, text) {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => panic!("run promtool: {e}"),
     };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "promtool check metrics:\n{}{}",

@@ -424,7 +424,7 @@ fn stale_pooled_connection_is_retried_transparently() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(u.request_count(), 3);
-    std::thread::sleep(Duration::from_millis(100));
+    holds_for(Duration::from_millis(100), || sq.error_log().is_empty());
     assert!(
         sq.error_log().is_empty(),
         "a stale pooled connection is not an endpoint error: {}",

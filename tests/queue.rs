@@ -55,7 +55,7 @@ fn deferred_queue_buffers_then_replays_in_fifo_order() {
         "queued requests not replayed; upstream saw {:#?}",
         u.requests()
     );
-    std::thread::sleep(Duration::from_millis(500));
+    holds_for(Duration::from_millis(500), || u.request_count() == 3);
     let reqs = u.requests();
     let targets: Vec<&str> = reqs.iter().map(|r| r.target.as_str()).collect();
     assert_eq!(
@@ -200,7 +200,7 @@ fn request_id_is_kept_across_attempts_and_replay() {
     assert!(reqs.iter().all(|r| r.body == b"payload"));
     std::thread::sleep(Duration::from_millis(500));
     let n = u.request_count();
-    std::thread::sleep(Duration::from_millis(1500));
+    holds_for(Duration::from_millis(1500), || u.request_count() == n);
     assert_eq!(
         u.request_count(),
         n,
@@ -241,7 +241,7 @@ fn journal_survives_a_crash() {
     // Delivered requests are acknowledged: a third start replays nothing.
     let before = u.request_count();
     let _sq = ServiceQ::start(&body);
-    std::thread::sleep(Duration::from_millis(1500));
+    holds_for(Duration::from_millis(1500), || u.request_count() == before);
     assert_eq!(
         u.request_count(),
         before,

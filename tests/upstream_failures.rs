@@ -23,7 +23,10 @@ fn assert_one_log_line(sq: &ServiceQ, endpoint: &str, code: u32, name: &str) {
         sq.wait_for_error_log(Duration::from_secs(5), |l| !l.is_empty()),
         "no error-log line for {endpoint} {code} {name}"
     );
-    std::thread::sleep(Duration::from_millis(100));
+    // No second line follows within 100 ms (the loop stops at the first one).
+    holds_for(Duration::from_millis(100), || {
+        sq.error_log_lines().len() == 1
+    });
     let lines = sq.error_log_lines();
     assert_eq!(
         lines.len(),
@@ -48,7 +51,9 @@ fn upstream_500_is_relayed_and_not_retried() {
     assert_eq!(r.status, 500);
     assert_eq!(r.body_str(), "boom");
     assert_eq!(r.header("x-from"), Some("app"));
-    std::thread::sleep(Duration::from_millis(200));
+    holds_for(Duration::from_millis(200), || {
+        a.request_count() + b.request_count() == 1
+    });
     assert_eq!(
         a.request_count() + b.request_count(),
         1,
@@ -71,7 +76,9 @@ fn exactly_max_retries_attempts_then_503() {
     assert!(wait_until(Duration::from_secs(5), || a.connections()
         + b.connections()
         >= 5));
-    std::thread::sleep(Duration::from_millis(300));
+    holds_for(Duration::from_millis(300), || {
+        a.connections() + b.connections() == 5
+    });
     assert_eq!(
         a.connections() + b.connections(),
         5,
@@ -108,7 +115,9 @@ fn default_max_retries_is_2n_plus_1() {
     assert!(wait_until(Duration::from_secs(5), || a.connections()
         + b.connections()
         >= 5));
-    std::thread::sleep(Duration::from_millis(300));
+    holds_for(Duration::from_millis(300), || {
+        a.connections() + b.connections() == 5
+    });
     assert_eq!(
         a.connections() + b.connections(),
         5,

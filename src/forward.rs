@@ -32,7 +32,7 @@ pub struct Origin<'a> {
 /// endpoint), with the blank line, into `headers`. Returns the request id used.
 pub fn upstream_request(
     head: &RequestHead,
-    body_len: usize,
+    body_len: u64,
     origin: &Origin<'_>,
     new_id: impl FnOnce() -> String,
     line: &mut Vec<u8>,
@@ -49,7 +49,7 @@ pub fn upstream_request(
 /// buffers are large enough.
 pub fn upstream_request_into(
     head: &RequestHead,
-    body_len: usize,
+    body_len: u64,
     origin: &Origin<'_>,
     new_id: impl FnOnce(&mut String),
     id: &mut String,
@@ -111,7 +111,7 @@ pub fn upstream_request_into(
     headers.extend_from_slice(&custom.rendered);
     if body_len > 0 || head.framing != crate::http::BodyFraming::None {
         headers.extend_from_slice(b"Content-Length: ");
-        push_decimal(headers, body_len as u64);
+        push_decimal(headers, body_len);
         headers.extend_from_slice(b"\r\n");
     }
     headers.extend_from_slice(b"\r\n");

@@ -138,3 +138,34 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// Client-controlled text (a request target, a method) as the operational log shows
+/// it: control and non-ASCII bytes escaped as `\xHH`, `"` as `\x22`, cut at 512 bytes
+/// with `…` — the access log's rule, so a client cannot forge or flood log lines.
+pub fn shown(text: &str) -> Shown<'_> {
+    Shown(text)
+}
+
+/// See [`shown`].
+pub struct Shown<'a>(&'a str);
+
+/// Bytes of client text shown before the cut.
+pub const SHOWN_MAX_BYTES: usize = 512;
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        let bytes = self.0.as_bytes();
+        for &b in bytes.iter().take(SHOWN_MAX_BYTES) {
+            match b {
+                b'"' | b'\\' => write!(f, "\\x{b:02X}")?,
+                0x20..=0x7e => f.write_char(b as char)?,
+                _ => write!(f, "\\x{b:02X}")?,
+            }
+        }
+        if bytes.len() > SHOWN_MAX_BYTES {
+            f.write_str("…")?;
+        }
+        Ok(())
+    }
+}

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use native_tls::TlsConnector;
 
+use crate::body::Body;
 use crate::buffer::IoBuf;
 use crate::config::{Endpoint, Scheme};
 use crate::error::{AttemptError, LogCode};
@@ -169,7 +170,8 @@ pub struct OutgoingRequest<'a> {
     pub method: &'a str,
     pub request_line: &'a [u8],
     pub headers: &'a [u8],
-    pub body: &'a [u8],
+    /// In memory, or partly in a temporary file, which is streamed after the rest.
+    pub body: &'a Body,
 }
 
 /// A response head received on `conn`; its first body bytes are in the caller's buffer.
@@ -262,8 +264,9 @@ impl Upstreams {
         buf.clear();
         write_all_vectored(
             &mut conn,
-            &[req.request_line, &up.host_line, req.headers, req.body],
+            &[req.request_line, &up.host_line, req.headers, req.body.memory()],
         )
+        .and_then(|()| req.body.write_file_part(&mut conn))
         .and_then(|()| conn.flush())
         .map_err(Failure::stale_or_lost)?;
         read_response_head(&mut conn, buf, req.method, head)?;

@@ -162,7 +162,10 @@ pub fn temp_file(dir: &Path) -> io::Result<File> {
     match anonymous {
         Ok(file) => Ok(file),
         // EOPNOTSUPP/EISDIR/EINVAL: no O_TMPFILE on this file system or kernel.
-        Err(e) if e.kind() != io::ErrorKind::NotFound && e.kind() != io::ErrorKind::PermissionDenied => {
+        Err(e)
+            if e.kind() != io::ErrorKind::NotFound
+                && e.kind() != io::ErrorKind::PermissionDenied =>
+        {
             named_then_unlinked(dir)
         }
         Err(e) => Err(e),

@@ -629,10 +629,16 @@ impl Entries<'_> {
         let keep_alive = &mut c.keep_alive_timeout;
         self.set(keep_alive, "KEEP_ALIVE_TIMEOUT", parse_keep_alive_timeout)?;
         self.set(&mut c.max_request_body, "MAX_REQUEST_BODY", parse_bytes)?;
-        self.set(&mut c.client_body_buffer_size, "CLIENT_BODY_BUFFER_SIZE", |v| {
-            parse_usize_in(v, CLIENT_BODY_BUFFER_RANGE)
-        })?;
-        self.set(&mut c.client_body_temp_dir, "CLIENT_BODY_TEMP_DIR", parse_path)?;
+        self.set(
+            &mut c.client_body_buffer_size,
+            "CLIENT_BODY_BUFFER_SIZE",
+            |v| parse_usize_in(v, CLIENT_BODY_BUFFER_RANGE),
+        )?;
+        self.set(
+            &mut c.client_body_temp_dir,
+            "CLIENT_BODY_TEMP_DIR",
+            parse_path,
+        )?;
         self.set(&mut c.max_header_size, "MAX_HEADER_SIZE", |v| {
             parse_usize_in(v, MAX_HEADER_SIZE_BYTES_RANGE)
         })?;

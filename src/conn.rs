@@ -15,10 +15,10 @@ use crate::buffer::IoBuf;
 use crate::error::{is_timeout, ClientError, LogCode, Reply};
 use crate::forward::{self, ClientFraming};
 use crate::http::headers;
-use crate::logging::shown;
 use crate::http::{
     parse_request_into, BodyFraming, ChunkedDecoder, HeadLimits, RequestHead, Version,
 };
+use crate::logging::shown;
 use crate::metrics::{self, METRICS};
 use crate::proxy::{Proxy, Scratch, Settings};
 use crate::queue::QueuedRequest;
@@ -744,12 +744,15 @@ impl Worker {
             Linger::Always
         }
     }
-
 }
 
 /// One read of at most `limit` bytes from the client into `inbuf`; EOF or a timeout
 /// mid-body end the request.
-fn fill_body_bytes(inbuf: &mut IoBuf, client: &mut Client, limit: usize) -> Result<(), ClientError> {
+fn fill_body_bytes(
+    inbuf: &mut IoBuf,
+    client: &mut Client,
+    limit: usize,
+) -> Result<(), ClientError> {
     match inbuf.read_from(&mut client.stream, limit) {
         Ok(Some(0)) => Err(ClientError::Gone(io::ErrorKind::UnexpectedEof.into())),
         Ok(Some(_)) | Ok(None) => Ok(()),

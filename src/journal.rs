@@ -198,12 +198,12 @@ pub struct Pending {
 /// A payload written in pieces, for requests whose body is not in memory: its length,
 /// and its bytes, produced twice (once for the checksum, once for the file).
 pub trait Payload {
-    fn len(&self) -> usize;
+    fn payload_len(&self) -> usize;
     fn write_to(&self, out: &mut dyn Write) -> io::Result<()>;
 }
 
 impl Payload for &[u8] {
-    fn len(&self) -> usize {
+    fn payload_len(&self) -> usize {
         <[u8]>::len(self)
     }
     fn write_to(&self, out: &mut dyn Write) -> io::Result<()> {
@@ -254,7 +254,13 @@ impl std::error::Error for JournalError {
 // ---------------------------------------------------------------------------------------
 
 /// A record header for a payload of `len` bytes whose own CRC-32 is `payload_crc`.
-fn header(kind: u8, seq: u64, micros: u64, len: usize, payload_crc: crc32fast::Hasher) -> [u8; HEADER_LEN] {
+fn header(
+    kind: u8,
+    seq: u64,
+    micros: u64,
+    len: usize,
+    payload_crc: crc32fast::Hasher,
+) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[..4].copy_from_slice(&MAGIC);
     // Callers check len <= MAX_PAYLOAD, so this fits in u32.
@@ -1144,7 +1150,7 @@ impl Journal {
     /// read twice: once outside the lock for its checksum, once into the file, through
     /// a bounded buffer, so a request body never has to be in memory whole.
     pub fn append_payload(&self, payload: &dyn Payload) -> io::Result<u64> {
-        let len = payload.len();
+        let len = payload.payload_len();
         if len > MAX_PAYLOAD {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

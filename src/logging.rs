@@ -104,6 +104,37 @@ fn format_line(now: OffsetDateTime, target: &dyn std::fmt::Display, code: LogCod
     )
 }
 
+/// Client-controlled text (a request target, a method) as the operational log shows
+/// it: control and non-ASCII bytes escaped as `\xHH`, `"` as `\x22`, cut at 512 bytes
+/// with `…` — the access log's rule, so a client cannot forge or flood log lines.
+pub fn shown(text: &str) -> Shown<'_> {
+    Shown(text)
+}
+
+/// See [`shown`].
+pub struct Shown<'a>(&'a str);
+
+/// Bytes of client text shown before the cut.
+pub const SHOWN_MAX_BYTES: usize = 512;
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        let bytes = self.0.as_bytes();
+        for &b in bytes.iter().take(SHOWN_MAX_BYTES) {
+            match b {
+                b'"' | b'\\' => write!(f, "\\x{b:02X}")?,
+                0x20..=0x7e => f.write_char(b as char)?,
+                _ => write!(f, "\\x{b:02X}")?,
+            }
+        }
+        if bytes.len() > SHOWN_MAX_BYTES {
+            f.write_str("…")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,35 +168,17 @@ mod tests {
         assert!(lines[1].ends_with("[Code: 702, UPSTREAM_BAD_RESPONSE]"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
-}
 
-/// Client-controlled text (a request target, a method) as the operational log shows
-/// it: control and non-ASCII bytes escaped as `\xHH`, `"` as `\x22`, cut at 512 bytes
-/// with `…` — the access log's rule, so a client cannot forge or flood log lines.
-pub fn shown(text: &str) -> Shown<'_> {
-    Shown(text)
-}
-
-/// See [`shown`].
-pub struct Shown<'a>(&'a str);
-
-/// Bytes of client text shown before the cut.
-pub const SHOWN_MAX_BYTES: usize = 512;
-
-impl std::fmt::Display for Shown<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use std::fmt::Write as _;
-        let bytes = self.0.as_bytes();
-        for &b in bytes.iter().take(SHOWN_MAX_BYTES) {
-            match b {
-                b'"' | b'\\' => write!(f, "\\x{b:02X}")?,
-                0x20..=0x7e => f.write_char(b as char)?,
-                _ => write!(f, "\\x{b:02X}")?,
-            }
-        }
-        if bytes.len() > SHOWN_MAX_BYTES {
-            f.write_str("…")?;
-        }
-        Ok(())
+    #[test]
+    fn client_text_is_escaped_and_capped() {
+        assert_eq!(super::shown("/a?b=1").to_string(), "/a?b=1");
+        assert_eq!(
+            super::shown("/\"x\u{1b}[31m\n").to_string(),
+            "/\\x22x\\x1B[31m\\x0A"
+        );
+        assert_eq!(super::shown("/é").to_string(), "/\\xC3\\xA9");
+        let long = "a".repeat(10_000);
+        let shown = super::shown(&long).to_string();
+        assert_eq!(shown, format!("{}…", "a".repeat(super::SHOWN_MAX_BYTES)));
     }
 }

@@ -264,7 +264,12 @@ impl Upstreams {
         buf.clear();
         write_all_vectored(
             &mut conn,
-            &[req.request_line, &up.host_line, req.headers, req.body.memory()],
+            &[
+                req.request_line,
+                &up.host_line,
+                req.headers,
+                req.body.memory(),
+            ],
         )
         .and_then(|()| req.body.write_file_part(&mut conn))
         .and_then(|()| conn.flush())

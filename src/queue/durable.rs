@@ -119,10 +119,7 @@ impl Backend for JournalBackend {
                 Some(req) => {
                     st = self.lock();
                     st.head = Some((first.seq, Arc::clone(&req)));
-                    return Some(Delivery {
-                        req,
-                        id: first.seq,
-                    });
+                    return Some(Delivery { req, id: first.seq });
                 }
                 None => self.pop(first.seq),
             }
@@ -211,7 +208,10 @@ mod tests {
         assert_eq!(q.depth(), 4);
         for i in 1..5u8 {
             let head = q.head(Duration::ZERO).unwrap();
-            assert_eq!(head.req.body.to_vec().unwrap(), vec![i; 100_000 + i as usize]);
+            assert_eq!(
+                head.req.body.to_vec().unwrap(),
+                vec![i; 100_000 + i as usize]
+            );
             q.ack(&head);
         }
         assert!(q.head(Duration::ZERO).is_none());

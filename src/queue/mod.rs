@@ -68,7 +68,7 @@ impl QueuedRequest {
 
     /// The journal payload as one vector (see [`Payload`] for the layout).
     pub fn encode(&self) -> io::Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(Payload::len(self));
+        let mut out = Vec::with_capacity(Payload::payload_len(self));
         self.write_to(&mut out)?;
         Ok(out)
     }
@@ -120,7 +120,7 @@ impl QueuedRequest {
 /// little-endian): method, target, request line, headers, body, request id, client
 /// address. Written in pieces, so a body spilled to a file streams into the journal.
 impl Payload for QueuedRequest {
-    fn len(&self) -> usize {
+    fn payload_len(&self) -> usize {
         let (head, tail) = self.fields();
         let fixed: usize = head.iter().map(|f| 4 + f.len()).sum::<usize>()
             + tail.iter().map(|f| 4 + f.len()).sum::<usize>();
@@ -280,10 +280,15 @@ pub(crate) mod tests {
     fn payload_round_trips() {
         let req = request(&[0, 1, 255]);
         let payload = req.encode().unwrap();
-        assert_eq!(payload.len(), Payload::len(&req));
+        assert_eq!(payload.len(), Payload::payload_len(&req));
         let back = QueuedRequest::decode(&payload, SystemTime::now()).unwrap();
         assert_eq!(
-            (&back.method, &back.target, &back.request_line, &back.headers),
+            (
+                &back.method,
+                &back.target,
+                &back.request_line,
+                &back.headers
+            ),
             (&req.method, &req.target, &req.request_line, &req.headers)
         );
         assert_eq!(back.body.to_vec().unwrap(), vec![0, 1, 255]);
@@ -310,6 +315,6 @@ pub(crate) mod tests {
         assert!(spilled.body.is_spilled());
         let whole = request(&data);
         assert_eq!(spilled.encode().unwrap(), whole.encode().unwrap());
-        assert_eq!(Payload::len(&spilled), Payload::len(&whole));
+        assert_eq!(Payload::payload_len(&spilled), Payload::payload_len(&whole));
     }
 }

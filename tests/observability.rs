@@ -1525,3 +1525,68 @@ fn access_log_records_requests_refused_before_their_head() {
     assert!(is_seconds(&l.request_time), "{l:?}");
     assert_eq!(u.request_count(), 1, "the refused request went nowhere");
 }
+
+#[test]
+fn admin_health_check_survives_connections_dribbling_their_heads() {
+    // Twelve connections each send a request head one byte a second (a slowloris on the
+    // admin port, more connections than it serves at once). /healthz must still be
+    // answered promptly, again and again; and a dribbled head is cut off by a deadline
+    // for the whole head (2 s), not kept alive by each byte.
+    let u = Upstream::start(Behaviour::Ok);
+    let (sq, admin) = start_with_admin(Conf::new(&[u.url()]));
+    let dribblers: Vec<_> = (0..12)
+        .map(|_| thread::spawn(move || dribble_admin_head(admin, Duration::from_secs(8))))
+        .collect();
+    thread::sleep(Duration::from_millis(1500));
+    for round in 0..4 {
+        let start = Instant::now();
+        let mut c = Client::connect(admin);
+        c.set_read_timeout(Duration::from_secs(2));
+        c.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        let r = c.try_read_response(false);
+        let took = start.elapsed();
+        let r = r.unwrap_or_else(|e| panic!("round {round}: /healthz not answered: {e}"));
+        assert_eq!(r.status, 200, "round {round}");
+        assert!(
+            took < Duration::from_secs(1),
+            "round {round}: /healthz took {took:?}"
+        );
+        thread::sleep(Duration::from_millis(700));
+    }
+    for d in dribblers {
+        let held = d.join().unwrap();
+        assert!(
+            held < Duration::from_secs(6),
+            "a dribbled admin head was kept open {held:?}"
+        );
+    }
+    drop(sq);
+}
+
+/// Sends an admin request head a byte a second for at most `limit`; returns how long
+/// the connection stayed open (a write fails or the read side ends once it is closed).
+fn dribble_admin_head(admin: SocketAddr, limit: Duration) -> Duration {
+    let mut s = TcpStream::connect(admin).expect("connect to the admin listener");
+    s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    let head =
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let started = Instant::now();
+    for b in head.iter() {
+        if started.elapsed() >= limit || s.write_all(&[*b]).is_err() {
+            break;
+        }
+        let mut probe = [0u8; 64];
+        match s.read(&mut probe) {
+            Ok(0) => break,
+            Err(e)
+                if e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut =>
+            {
+                break
+            }
+            _ => {}
+        }
+        thread::sleep(Duration::from_secs(1));
+    }
+    started.elapsed()
+}

@@ -1701,3 +1701,42 @@ pub fn refusing_port() -> u16 {
 pub fn refusing_url() -> String {
     format!("http://127.0.0.1:{}", refusing_port())
 }
+
+/// A raw endpoint for answers the mock cannot give: for each request head it reads
+/// (bodies are left unread), `answer(n, stream)` writes what it likes, `n` counting heads
+/// across connections from 0; it returns false to close the connection (unread bytes
+/// then make the kernel reset it, as a real server's early close does). Connections are
+/// served one at a time. Returns the port and a count of connections accepted.
+pub fn raw_endpoint(
+    answer: impl Fn(usize, &mut TcpStream) -> bool + Send + 'static,
+) -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind raw endpoint");
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    thread::spawn(move || {
+        let mut n = 0;
+        for conn in listener.incoming().take(64) {
+            let Ok(mut s) = conn else { return };
+            count.fetch_add(1, Ordering::SeqCst);
+            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut buf = Vec::new();
+            let mut tmp = [0u8; 4096];
+            'conn: loop {
+                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    buf.drain(..end + 4);
+                    let keep = answer(n, &mut s);
+                    n += 1;
+                    if !keep {
+                        break 'conn;
+                    }
+                }
+                match s.read(&mut tmp) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => buf.extend_from_slice(&tmp[..k]),
+                }
+            }
+        }
+    });
+    (port, accepted)
+}

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
 
@@ -27,6 +27,8 @@ use crate::metrics::{inc, METRICS};
 const BACKLOG_LINES: usize = 16 * 1024;
 /// The writer flushes at least this often.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How long SIGUSR1 waits for the writer to reopen the file.
+const REOPEN_WAIT: Duration = Duration::from_secs(5);
 /// Client-supplied fields (Referer, User-Agent, target) are cut to this many bytes.
 const MAX_FIELD_BYTES: usize = 512;
 
@@ -36,13 +38,15 @@ const CLF_TIME: &[FormatItem<'static>] = format_description!(
 
 enum Msg {
     Line(String),
-    Reopen,
+    /// Re-open the file; the writer answers with the outcome.
+    Reopen(Sender<io::Result<()>>),
     Flush(Sender<()>),
 }
 
 pub struct AccessLog {
     tx: Sender<Msg>,
     offset: UtcOffset,
+    path: PathBuf,
 }
 
 /// What one request did, as the access log records it.
@@ -69,11 +73,21 @@ impl AccessLog {
     pub fn open(path: &Path, offset: UtcOffset) -> io::Result<Self> {
         let file = open_append(path)?;
         let (tx, rx) = crossbeam_channel::bounded(BACKLOG_LINES);
-        let path = path.to_path_buf();
+        let writer_path = path.to_path_buf();
         thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_loop(&rx, BufWriter::with_capacity(64 * 1024, file), &path))?;
-        Ok(AccessLog { tx, offset })
+            .spawn(move || {
+                write_loop(&rx, BufWriter::with_capacity(64 * 1024, file), &writer_path)
+            })?;
+        Ok(AccessLog {
+            tx,
+            offset,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn record(&self, e: &Entry<'_>) {
@@ -83,9 +97,16 @@ impl AccessLog {
         }
     }
 
-    /// Re-opens the file at its path (SIGUSR1, after logrotate moved it).
-    pub fn reopen(&self) {
-        let _ = self.tx.send(Msg::Reopen);
+    /// Re-opens the file at its path (SIGUSR1, after logrotate moved it): the lines
+    /// recorded before go to the old file, those after to the new one. Waits for the
+    /// writer's answer (a few seconds at most, should it be stuck on a slow disk).
+    pub fn reopen(&self) -> io::Result<()> {
+        let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
+        let stuck = || io::Error::new(io::ErrorKind::TimedOut, "the access log writer is stuck");
+        self.tx
+            .send_timeout(Msg::Reopen(ack_tx), REOPEN_WAIT)
+            .map_err(|_| stuck())?;
+        ack_rx.recv_timeout(REOPEN_WAIT).map_err(|_| stuck())?
     }
 
     /// Writes out everything recorded so far (at shutdown), waiting at most a second.
@@ -123,12 +144,12 @@ fn write_loop(rx: &Receiver<Msg>, mut out: BufWriter<File>, path: &Path) {
             Msg::Line(line) => {
                 let _ = out.write_all(line.as_bytes());
             }
-            Msg::Reopen => {
+            Msg::Reopen(ack) => {
                 let _ = out.flush();
-                match open_append(path) {
-                    Ok(f) => out = BufWriter::with_capacity(64 * 1024, f),
-                    Err(e) => log::error!("cannot reopen the access log {}: {e}", path.display()),
-                }
+                let reopened = open_append(path).map(|f| {
+                    out = BufWriter::with_capacity(64 * 1024, f);
+                });
+                let _ = ack.send(reopened);
             }
             Msg::Flush(ack) => {
                 let _ = out.flush();

@@ -1590,3 +1590,45 @@ fn dribble_admin_head(admin: SocketAddr, limit: Duration) -> Duration {
     }
     started.elapsed()
 }
+
+/// logrotate's way: move the logs away, send SIGUSR1, and the lines of later requests
+/// go to new files at the configured paths — the access log as well as the error log.
+#[test]
+fn sigusr1_reopens_the_access_log_and_the_error_log_after_rotation() {
+    let sq = Conf::new(&[refusing_url()])
+        .set("ACCESS_LOG_FILE", "{dir}/access.log")
+        .set("MAX_RETRIES", "1")
+        .start();
+    let access = sq.dir().join("access.log");
+    let errors = sq.error_log_path().to_path_buf();
+    assert_eq!(get(sq.addr(), "/before").status, 503);
+    wait_access_line(&access, "/before", Duration::from_secs(5));
+    assert!(sq.wait_for_error_log(Duration::from_secs(5), |l| l.len() == 1));
+
+    let (access_old, errors_old) = (sq.dir().join("access.log.1"), sq.dir().join("error.log.1"));
+    fs::rename(&access, &access_old).unwrap();
+    fs::rename(&errors, &errors_old).unwrap();
+    sq.signal("USR1");
+    for path in [&access, &errors] {
+        let said = format!("SIGUSR1: reopened {}", path.display());
+        assert!(
+            sq.wait_for_stderr(&said, Duration::from_secs(5)),
+            "no {said:?} on stderr:\n{}",
+            sq.stderr()
+        );
+    }
+    assert_eq!(get(sq.addr(), "/after").status, 503);
+    wait_access_line(&access, "/after", Duration::from_secs(5));
+    assert!(
+        wait_until(Duration::from_secs(5), || fs::read_to_string(&errors)
+            .is_ok_and(|t| t.lines().count() == 1)),
+        "the error log was not reopened at {}",
+        errors.display()
+    );
+    let rotated = fs::read_to_string(&access_old).unwrap();
+    assert!(
+        !rotated.contains("/after"),
+        "written to the rotated file:\n{rotated}"
+    );
+    assert_eq!(fs::read_to_string(&errors_old).unwrap().lines().count(), 1);
+}

@@ -21,6 +21,7 @@ use time::format_description::FormatItem;
 use time::macros::format_description;
 use time::{OffsetDateTime, UtcOffset};
 
+use crate::logging::Escaped;
 use crate::metrics::{inc, METRICS};
 
 /// Lines waiting for the writer before new ones are dropped.
@@ -29,8 +30,6 @@ const BACKLOG_LINES: usize = 16 * 1024;
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// How long SIGUSR1 waits for the writer to reopen the file.
 const REOPEN_WAIT: Duration = Duration::from_secs(5);
-/// Client-supplied fields (Referer, User-Agent, target) are cut to this many bytes.
-const MAX_FIELD_BYTES: usize = 512;
 
 const CLF_TIME: &[FormatItem<'static>] = format_description!(
     "[day]/[month repr:short]/[year]:[hour]:[minute]:[second] [offset_hour sign:mandatory][offset_minute]"
@@ -185,24 +184,6 @@ fn format_entry(e: &Entry<'_>, now: OffsetDateTime) -> String {
     line
 }
 
-/// Client bytes in a log line: capped, with quotes, backslashes, control characters and
-/// non-ASCII escaped as `\xHH` (nginx's escaping), so a line can never be split or
-/// forged by what a client sends.
-struct Escaped<'a>(&'a [u8]);
-
-impl std::fmt::Display for Escaped<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for &b in self.0.iter().take(MAX_FIELD_BYTES) {
-            if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
-                write!(f, "\\x{b:02X}")?;
-            } else {
-                f.write_char(char::from(b))?;
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,14 +214,5 @@ mod tests {
              \"curl/7.88.1\" upstream=http://127.0.0.1:8001 attempts=1 upstream_time=0.001 \
              request_time=0.002 queued=- id=abc\n"
         );
-    }
-
-    #[test]
-    fn client_bytes_are_escaped_and_capped() {
-        let evil = format!("a\"b\nc\\{}", "x".repeat(1000));
-        let shown = Escaped(evil.as_bytes()).to_string();
-        assert!(shown.starts_with("a\\x22b\\x0Ac\\x5C"));
-        assert!(!shown.contains('\n'));
-        assert!(shown.len() < MAX_FIELD_BYTES + 16);
     }
 }

@@ -17,6 +17,7 @@ use crate::http::headers;
 use crate::http::{
     parse_request_into, BodyFraming, ChunkedDecoder, HeadLimits, RequestHead, Version,
 };
+use crate::logging::escaped;
 use crate::metrics::{self, METRICS};
 use crate::proxy::{Proxy, Scratch, Settings};
 use crate::queue::QueuedRequest;
@@ -548,7 +549,11 @@ impl Worker {
                 (self.reply(client, head, reply), Hold::Queued)
             }
             Err(_) => {
-                log::error!("{} {} could not be queued", head.method, head.target);
+                log::error!(
+                    "{} {} could not be queued",
+                    escaped(&head.method),
+                    escaped(&head.target)
+                );
                 (self.reply(client, head, Reply::Unavailable), Hold::Released)
             }
         }
@@ -668,8 +673,8 @@ impl Worker {
             RelayEnd::UpstreamBroke(why) => {
                 log::warn!(
                     "{} {}: {} broke off mid-response: {why}",
-                    head.method,
-                    head.target,
+                    escaped(&head.method),
+                    escaped(&head.target),
                     settings.upstreams.list[idx].label
                 );
                 Next::Abort

@@ -1632,3 +1632,37 @@ fn sigusr1_reopens_the_access_log_and_the_error_log_after_rotation() {
     );
     assert_eq!(fs::read_to_string(&errors_old).unwrap().lines().count(), 1);
 }
+
+/// The operational log on stderr shows a request's target when something goes wrong
+/// with it; what the client sent is capped and escaped there as in the access log, so
+/// a 10 KiB target can neither flood stderr nor forge a line. (Control and non-ASCII
+/// bytes never get past the head parser, which answers 400; quotes and backslashes do,
+/// and are escaped.)
+#[test]
+fn stderr_caps_and_escapes_client_text() {
+    let u = Upstream::start(Behaviour::CloseMidBody);
+    let sq = Conf::new(&[u.url()]).start();
+    let mut target = b"/evil\"\\".to_vec();
+    target.extend(std::iter::repeat_n(b'a', 10 * 1024));
+    let mut raw = b"GET ".to_vec();
+    raw.extend_from_slice(&target);
+    raw.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut c = Client::connect(sq.addr());
+    c.send(&raw);
+    let _ = c.try_read_response(false);
+    assert!(
+        sq.wait_for_stderr("broke off mid-response", Duration::from_secs(5)),
+        "no stderr line about the request:\n{}",
+        sq.stderr()
+    );
+    let stderr = sq.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("broke off mid-response"))
+        .unwrap();
+    assert!(
+        line.contains("GET /evil\\x22\\x5Caaa"),
+        "target not escaped: {line:.200}"
+    );
+    assert!(line.len() < 1024, "target not capped: {} bytes", line.len());
+}

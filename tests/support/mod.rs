@@ -353,7 +353,7 @@ fn clean_command(dir: &Path) -> Command {
 }
 
 /// Copies everything `r` yields into `buf` on a background thread.
-fn collect(mut r: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
+pub fn collect(mut r: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
     thread::spawn(move || {
         let mut tmp = [0u8; 8192];
         loop {

@@ -3,9 +3,9 @@
 //! rendered by headless Chromium, the access log format field by field, and the admin
 //! listener's 404s and independence from the client workers.
 //!
-//! External tools: `python3` with `prometheus_client` (installed with pip when missing),
-//! `promtool` (used only when present) and `chromium` (installed with apt-get when
-//! missing). A test that cannot get its tool says so on stderr and passes.
+//! External tools: `python3` with `prometheus_client`, `promtool` (used only when
+//! present) and `chromium`; `.ci/run` installs them. A test whose tool is missing fails
+//! when env `CI` is set, and otherwise says SKIP on stderr and passes (`require`).
 
 mod support;
 
@@ -334,29 +334,6 @@ fn python_has_prometheus_client() -> bool {
         .unwrap_or(false)
 }
 
-/// python3 with prometheus_client, installing the package with pip when it is missing;
-/// false (after saying why) when that is impossible.
-fn ensure_prometheus_client() -> bool {
-    if python_has_prometheus_client() {
-        return true;
-    }
-    let pip = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "prometheus-client"])
-        .output();
-    if python_has_prometheus_client() {
-        return true;
-    }
-    eprintln!(
-        "SKIP: python3 with prometheus_client is not available and `python3 -m pip install \
-         prometheus-client` failed: {}",
-        match pip {
-            Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-            Err(e) => e.to_string(),
-        }
-    );
-    false
-}
-
 /// Runs `cmd` with `input` on its stdin and collects its output.
 fn pipe_through(mut cmd: Command, input: &str) -> std::io::Result<std::process::Output> {
     let mut child = cmd
@@ -420,7 +397,10 @@ fn promtool_check(text: &str) {
 /// TYPE line says, and as many samples as the strict parser found.
 fn check_with_real_parsers(m: &Exposition) -> bool {
     promtool_check(&m.text);
-    if !ensure_prometheus_client() {
+    if !require(
+        "python3 with prometheus_client",
+        python_has_prometheus_client(),
+    ) {
         return false;
     }
     let (families, samples) = python_parse(&m.text);
@@ -810,37 +790,6 @@ fn chromium_path() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// Debian's chromium, installed with apt-get when missing (as root); None after
-/// printing why when that fails.
-fn ensure_chromium() -> Option<PathBuf> {
-    if let Some(p) = chromium_path() {
-        return Some(p);
-    }
-    let install = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .output()
-    };
-    let mut why = String::new();
-    for args in [
-        &["install", "-y", "chromium"][..],
-        &["update"][..],
-        &["install", "-y", "chromium"][..],
-    ] {
-        match install(args) {
-            Ok(o) if !o.status.success() => why = String::from_utf8_lossy(&o.stderr).into(),
-            Err(e) => why = e.to_string(),
-            Ok(_) => {}
-        }
-        if let Some(p) = chromium_path() {
-            return Some(p);
-        }
-    }
-    eprintln!("SKIP: chromium is not installed and apt-get could not install it: {why}");
-    None
-}
-
 /// Runs headless Chromium with these extra arguments (a fresh profile), killing it
 /// after a minute; returns its stdout.
 fn chromium(bin: &Path, extra: &[String]) -> String {
@@ -908,9 +857,11 @@ fn row_for<'a>(dom: &'a str, label: &str) -> Option<&'a str> {
 
 #[test]
 fn status_page_renders_in_headless_chromium() {
-    let Some(bin) = ensure_chromium() else {
+    let bin = chromium_path();
+    if !require("chromium", bin.is_some()) {
         return;
-    };
+    }
+    let Some(bin) = bin else { return };
     let up = Upstream::start(Behaviour::Ok);
     let down = refusing_url();
     let (sq, admin) =

@@ -511,8 +511,7 @@ impl Drop for Killed {
 #[test]
 fn tls_bytes_after_a_response_never_answer_the_next_request() {
     use std::process::{Command, Stdio};
-    if !have("openssl", "version") || !have("python3", "--version") {
-        eprintln!("skipped: needs openssl and python3");
+    if !require_tool("openssl", "version") || !require_tool("python3", "--version") {
         return;
     }
     let dir = TempDir::new("tls-late");

@@ -3,6 +3,8 @@
 //! no buffered request lost, flat memory and threads, only 701/702 in the error log.
 //! The full soak (an hour) is `scripts/soak` on its own.
 
+mod support;
+
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::thread;
@@ -14,6 +16,9 @@ const DEADLINE: Duration = Duration::from_secs(SOAK_SECONDS + 150);
 
 #[test]
 fn soak_for_a_minute() {
+    if !support::require_tool("python3", "--version") {
+        return;
+    }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     // The script's own usage line: a SERVICEQ_BIN relative to the caller's directory
     // (the repository), which the script must resolve before it changes directory.

@@ -85,19 +85,32 @@ pub fn secs(s: f64) -> Duration {
 // External tools
 // ---------------------------------------------------------------------------------------
 
-/// Whether `tool arg` runs and succeeds (tests that need the tool skip themselves
-/// otherwise); says SKIP on stderr when it does not.
-pub fn have(tool: &str, arg: &str) -> bool {
+/// Whether a prerequisite a test needs — `what` names it: a tool, a Python module,
+/// IPv6 loopback — is `available`. When it is not, and env `CI` is set, the test fails
+/// here with a clear message: `.ci/run` installs every tool, so a missing one is a gap
+/// in CI, never a silent pass. Elsewhere the test says SKIP on stderr and the caller
+/// returns. Tests never install anything themselves.
+pub fn require(what: &str, available: bool) -> bool {
+    if !available {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{what} is required and missing (CI is set, so this test fails rather than \
+             skips; .ci/run installs it)"
+        );
+        eprintln!("SKIP: {what} is not available");
+    }
+    available
+}
+
+/// [`require`] for a command: whether `tool arg` runs and succeeds.
+pub fn require_tool(tool: &str, arg: &str) -> bool {
     let ok = Command::new(tool)
         .arg(arg)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("SKIP: `{tool}` is not available");
-    }
-    ok
+    require(&format!("`{tool}`"), ok)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -18,12 +18,12 @@ use crate::http::headers;
 use crate::http::{
     parse_request_into, BodyFraming, ChunkedDecoder, HeadLimits, RequestHead, Version,
 };
-use crate::logging::shown;
+use crate::logging::escaped;
 use crate::metrics::{self, METRICS};
 use crate::proxy::{Proxy, Scratch, Settings};
 use crate::queue::QueuedRequest;
 use crate::relay::{self, RelayEnd, Sink, RELAY_READ_BYTES};
-use crate::server::{linger_after_reply, Accepted, Pool, WorkerSlot};
+use crate::server::{linger_after_reply, state, Accepted, Pool, WorkerSlot};
 use crate::stream::Stream;
 use crate::upstream::{Exchange, OutgoingRequest};
 
@@ -267,8 +267,8 @@ impl Worker {
             if let ClientError::BodyStore(why) = &e {
                 log::error!(
                     "{} {}: {e} (CLIENT_BODY_TEMP_DIR {})",
-                    shown(&head.method),
-                    shown(&head.target),
+                    escaped(&head.method),
+                    escaped(&head.target),
                     self.settings.1.cfg.client_body_temp_dir.display()
                 );
                 let _ = why;
@@ -341,9 +341,12 @@ impl Worker {
 
     /// Waits for the first byte of a request. The first request of a connection gets
     /// CLIENT_HEADER_TIMEOUT, later ones KEEP_ALIVE_TIMEOUT; running out closes quietly,
-    /// as nginx does, since no request was started. Only the wait between two requests
-    /// is reclaimable: a new client has usually sent its request already, and reclaiming
-    /// its worker would drop that request unanswered.
+    /// as nginx does, since no request was started. Both waits are reclaimable (the
+    /// acceptor may close the connection to give its worker to a new client). The first
+    /// one, on a plain connection, waits with a blocking peek that leaves the bytes in
+    /// the socket, where the acceptor's own peek sees them before it reclaims: a new
+    /// client's request that has arrived is never dropped. (Through TLS, OpenSSL may
+    /// hold decrypted bytes a peek cannot see, so a TLS first wait is not reclaimable.)
     fn wait_for_request(
         &mut self,
         client: &mut Client,
@@ -363,8 +366,16 @@ impl Worker {
         client
             .set_read_timeout(timeout)
             .map_err(ClientError::Gone)?;
+        if let (Wait::First, Stream::Plain(tcp)) = (wait, &client.stream) {
+            if !slot.go_idle(pool.now_ms(), state::FIRST) {
+                return Ok(false);
+            }
+            let peeked = tcp.peek(&mut [0u8; 1]);
+            // Reclaimed: the acceptor's peek found nothing, so no request is lost.
+            return Ok(slot.go_busy() && matches!(peeked, Ok(n) if n > 0));
+        }
         let reclaimable = wait == Wait::KeepAlive;
-        if reclaimable && !slot.go_idle(pool.now_ms()) {
+        if reclaimable && !slot.go_idle(pool.now_ms(), state::IDLE) {
             return Ok(false);
         }
         let read = self
@@ -564,8 +575,8 @@ impl Worker {
             Err(e) => {
                 log::error!(
                     "{} {} (X-Request-Id {}) not queued: {e}",
-                    shown(&head.method),
-                    shown(&head.target),
+                    escaped(&head.method),
+                    escaped(&head.target),
                     self.outcome.request_id
                 );
                 (self.reply(client, head, unqueued), Hold::Released)
@@ -687,8 +698,8 @@ impl Worker {
             RelayEnd::UpstreamBroke(why) => {
                 log::warn!(
                     "{} {}: {} broke off mid-response: {why}",
-                    head.method,
-                    head.target,
+                    escaped(&head.method),
+                    escaped(&head.target),
                     settings.upstreams.list[idx].label
                 );
                 Next::Abort

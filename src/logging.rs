@@ -14,6 +14,35 @@ use time::{OffsetDateTime, UtcOffset};
 
 use crate::error::LogCode;
 
+/// Client-supplied text (a request target, a header value) is cut to this many bytes
+/// wherever it is logged.
+pub const MAX_LOGGED_CLIENT_BYTES: usize = 512;
+
+/// Client bytes in a log line — the access log's fields and every stderr line that
+/// shows what a client sent: capped at `MAX_LOGGED_CLIENT_BYTES`, with quotes,
+/// backslashes, control characters and non-ASCII escaped as `\xHH` (nginx's
+/// escaping), so a line can never be split, forged or made huge by a client.
+pub struct Escaped<'a>(pub &'a [u8]);
+
+/// `Escaped` for text held as a `str` (a method, a target).
+pub fn escaped(text: &str) -> Escaped<'_> {
+    Escaped(text.as_bytes())
+}
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        for &b in self.0.iter().take(MAX_LOGGED_CLIENT_BYTES) {
+            if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+                write!(f, "\\x{b:02X}")?;
+            } else {
+                f.write_char(char::from(b))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// SPEC §7: `ServiceQ: 2018/04/18 14:10:28 Error detected on …`.
 const ERROR_LOG_TIME: &[FormatItem<'static>] =
     format_description!("[year]/[month]/[day] [hour]:[minute]:[second]");
@@ -104,37 +133,6 @@ fn format_line(now: OffsetDateTime, target: &dyn std::fmt::Display, code: LogCod
     )
 }
 
-/// Client-controlled text (a request target, a method) as the operational log shows
-/// it: control and non-ASCII bytes escaped as `\xHH`, `"` as `\x22`, cut at 512 bytes
-/// with `…` — the access log's rule, so a client cannot forge or flood log lines.
-pub fn shown(text: &str) -> Shown<'_> {
-    Shown(text)
-}
-
-/// See [`shown`].
-pub struct Shown<'a>(&'a str);
-
-/// Bytes of client text shown before the cut.
-pub const SHOWN_MAX_BYTES: usize = 512;
-
-impl std::fmt::Display for Shown<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use std::fmt::Write as _;
-        let bytes = self.0.as_bytes();
-        for &b in bytes.iter().take(SHOWN_MAX_BYTES) {
-            match b {
-                b'"' | b'\\' => write!(f, "\\x{b:02X}")?,
-                0x20..=0x7e => f.write_char(b as char)?,
-                _ => write!(f, "\\x{b:02X}")?,
-            }
-        }
-        if bytes.len() > SHOWN_MAX_BYTES {
-            f.write_str("…")?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +152,18 @@ mod tests {
     }
 
     #[test]
+    fn client_bytes_are_escaped_and_capped() {
+        let evil = format!("a\"b\nc\\\u{1b}é{}", "x".repeat(1000));
+        let shown = escaped(&evil).to_string();
+        assert!(
+            shown.starts_with("a\\x22b\\x0Ac\\x5C\\x1B\\xC3\\xA9x"),
+            "{shown}"
+        );
+        assert!(!shown.contains('\n'));
+        assert_eq!(shown.matches('x').count() - 6, MAX_LOGGED_CLIENT_BYTES - 9);
+    }
+
+    #[test]
     fn records_append_whole_lines() {
         let dir = std::env::temp_dir().join(format!("sq-errlog-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -167,18 +177,5 @@ mod tests {
         assert!(lines[0].ends_with("[Code: 702, UPSTREAM_TIMED_OUT]"));
         assert!(lines[1].ends_with("[Code: 702, UPSTREAM_BAD_RESPONSE]"));
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn client_text_is_escaped_and_capped() {
-        assert_eq!(super::shown("/a?b=1").to_string(), "/a?b=1");
-        assert_eq!(
-            super::shown("/\"x\u{1b}[31m\n").to_string(),
-            "/\\x22x\\x1B[31m\\x0A"
-        );
-        assert_eq!(super::shown("/é").to_string(), "/\\xC3\\xA9");
-        let long = "a".repeat(10_000);
-        let shown = super::shown(&long).to_string();
-        assert_eq!(shown, format!("{}…", "a".repeat(super::SHOWN_MAX_BYTES)));
     }
 }

@@ -193,7 +193,11 @@ impl Settings {
                 Err(e) => {
                     up.record_failure(e.log_code());
                     errlog.record(&up.label, e.log_code());
-                    log::debug!("{} attempt on {}: {e}", req.method, up.label);
+                    log::debug!(
+                        "{} attempt on {}: {e}",
+                        crate::logging::escaped(req.method),
+                        up.label
+                    );
                     last = Some(e);
                 }
             }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use super::{Backend, Delivery, PushError, QueuedRequest};
 use crate::journal::{Journal, Pending};
-use crate::logging::shown;
+use crate::logging::escaped;
 
 struct State {
     /// Queued records, oldest first.
@@ -84,7 +84,7 @@ impl Backend for JournalBackend {
                 "{}: cannot journal {} {}: {e}",
                 self.journal.dir().display(),
                 req.method,
-                shown(&req.target)
+                escaped(&req.target)
             );
             PushError::Journal(e)
         })?;
@@ -143,7 +143,7 @@ impl Backend for JournalBackend {
             Ok(()) => log::warn!(
                 "{} {} (X-Request-Id {}) queued {waited:.1?}: moved to the dead-letter file",
                 d.req.method,
-                shown(&d.req.target),
+                escaped(&d.req.target),
                 d.req.request_id
             ),
             Err(e) => log::error!(

@@ -12,7 +12,7 @@ use super::{Backend, Delivery};
 use crate::buffer::IoBuf;
 use crate::error::AttemptError;
 use crate::forward::ClientFraming;
-use crate::logging::shown;
+use crate::logging::escaped;
 use crate::metrics::{inc, METRICS};
 use crate::proxy::{Proxy, Scratch};
 use crate::relay::{relay_body, RelayEnd, Sink, RELAY_READ_BYTES};
@@ -81,7 +81,7 @@ impl Replay {
                     log::info!(
                         "replayed {} {} (X-Request-Id {}): {status} from {endpoint} after {:.1?} queued; {} left",
                         req.method,
-                        shown(&req.target),
+                        escaped(&req.target),
                         req.request_id,
                         req.queued_at.elapsed(),
                         self.backend.depth()
@@ -92,7 +92,7 @@ impl Replay {
                     log::warn!(
                         "replay of {} {} failed ({e}); next try in {pause:?}",
                         req.method,
-                        shown(&req.target)
+                        escaped(&req.target)
                     );
                     if proxy.stopping() {
                         return false;

@@ -32,7 +32,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_serviceq");
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// How long the proxy gets to print its `listening on` line.
-const STARTUP_DEADLINE: Duration = Duration::from_secs(10);
+const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 /// Default read/write timeout of the raw client.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Read-timeout slice of the mock upstream: how often an idle mock connection checks

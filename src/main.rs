@@ -73,8 +73,9 @@ fn run() -> Result<(), String> {
     }
     check_body_fits_journal(&cfg)?;
     let tls = TlsSetup {
-        acceptor: tls::listener_acceptor(&cfg)
-            .map_err(|e| startup_error(&cfg, e.key, e.message))?,
+        acceptor: tls::ListenerTls::from_config(&cfg)
+            .map_err(|e| startup_error(&cfg, e.key, e.message))?
+            .map(Arc::new),
         connector: tls::upstream_connector(&cfg)
             .map_err(|e| startup_error(&cfg, e.key, e.message))?,
     };

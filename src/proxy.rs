@@ -6,7 +6,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use native_tls::{TlsAcceptor, TlsConnector};
+use native_tls::TlsConnector;
 
 use rand::rngs::SmallRng;
 
@@ -20,6 +20,7 @@ use crate::journal::Journal;
 use crate::linger::Lingerer;
 use crate::logging::ErrorLog;
 use crate::queue::{self, Queue, QueuedRequest, Replay};
+use crate::tls::ListenerTls;
 use crate::upstream::{Exchange, Held, OutgoingRequest, Upstreams};
 
 /// Header lines added to every message in one direction, pre-rendered once.
@@ -240,8 +241,8 @@ pub struct Proxy {
     /// `X-Forwarded-Proto` as seen by clients.
     pub forwarded_proto: &'static str,
     pub queue: Queue,
-    /// The listener's TLS acceptor when SSL_ENABLE=true.
-    pub tls: Option<TlsAcceptor>,
+    /// The listener's TLS when SSL_ENABLE=true (its certificate swapped by SIGHUP/ACME).
+    pub tls: Option<Arc<ListenerTls>>,
     /// CONCURRENCY_PEAK: fixed for the life of the process (it sizes the worker pool).
     peak: usize,
     stopping: AtomicBool,
@@ -262,7 +263,7 @@ pub struct Logs {
 
 /// TLS for both sides, checked at start-up by `tls.rs`.
 pub struct TlsSetup {
-    pub acceptor: Option<TlsAcceptor>,
+    pub acceptor: Option<Arc<ListenerTls>>,
     pub connector: Option<TlsConnector>,
 }
 
@@ -326,6 +327,11 @@ impl Proxy {
         let connector = crate::tls::upstream_connector(&cfg)
             .map_err(|e| format!("{}: {}: {}", cfg.source.display(), e.key, e.message))?;
         notes.extend(restart_needed(&current.cfg, &cfg));
+        // Last, as the one step that swaps something in place: nothing after it fails.
+        if let Some(tls) = &self.tls {
+            tls.reload(&cfg)
+                .map_err(|e| format!("{}: {}: {}", cfg.source.display(), e.key, e.message))?;
+        }
         let fresh = Settings::new(cfg, connector, Some(&current));
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -362,12 +368,8 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         ),
         ("SSL_ENABLE", old.ssl_enable != new.ssl_enable),
         (
-            "SSL_CERTIFICATE_FILE",
-            old.ssl_certificate_file != new.ssl_certificate_file,
-        ),
-        (
-            "SSL_PRIVATE_KEY_FILE",
-            old.ssl_private_key_file != new.ssl_private_key_file,
+            "SSL_AUTO_ENABLE",
+            old.ssl_auto_enable != new.ssl_auto_enable,
         ),
         ("ERROR_LOG_FILE", old.error_log_file != new.error_log_file),
         ("DEFERRED_Q_DIR", old.deferred_q_dir != new.deferred_q_dir),

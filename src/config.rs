@@ -78,6 +78,7 @@ pub struct Config {
     pub ssl_auto_directory_url: String,
     pub ssl_auto_cache_dir: PathBuf,
     pub ssl_auto_http_port: u16,
+    pub ssl_auto_ca_file: Option<PathBuf>,
     pub deferred_q_dir: Option<PathBuf>,
     pub deferred_q_fsync: FsyncPolicy,
     /// `None` = forever (`0`).
@@ -159,6 +160,7 @@ impl Config {
             ssl_auto_directory_url: LETS_ENCRYPT_DIRECTORY.to_string(),
             ssl_auto_cache_dir: PathBuf::from("/opt/serviceq/acme"),
             ssl_auto_http_port: 80,
+            ssl_auto_ca_file: None,
             deferred_q_dir: None,
             deferred_q_fsync: FsyncPolicy::Always,
             deferred_q_max_age: None,
@@ -218,6 +220,7 @@ const KEYS: &[&str] = &[
     "SSL_AUTO_DIRECTORY_URL",
     "SSL_AUTO_CACHE_DIR",
     "SSL_AUTO_HTTP_PORT",
+    "SSL_AUTO_CA_FILE",
     "SSL_UPSTREAM_CA_FILE",
     "SSL_UPSTREAM_VERIFY",
     "DEFERRED_Q_DIR",
@@ -750,6 +753,8 @@ impl Entries<'_> {
         self.set(url, "SSL_AUTO_DIRECTORY_URL", parse_https_url)?;
         self.set(&mut c.ssl_auto_cache_dir, "SSL_AUTO_CACHE_DIR", parse_path)?;
         self.set(&mut c.ssl_auto_http_port, "SSL_AUTO_HTTP_PORT", parse_port)?;
+        let ca = &mut c.ssl_auto_ca_file;
+        self.set(ca, "SSL_AUTO_CA_FILE", parse_optional_path)?;
         if !c.ssl_auto_enable {
             return Ok(());
         }
@@ -2059,9 +2064,10 @@ mod tests {
     /// unset by default show an example value instead and are skipped.
     #[test]
     fn example_commented_defaults_match_the_code() {
-        const UNSET_BY_DEFAULT: [&str; 6] = [
+        const UNSET_BY_DEFAULT: [&str; 7] = [
             "SSL_CERTIFICATE_FILE",
             "SSL_AUTO_DOMAINS",
+            "SSL_AUTO_CA_FILE",
             "SSL_PRIVATE_KEY_FILE",
             "SSL_UPSTREAM_CA_FILE",
             "DEFERRED_Q_DIR",

@@ -371,6 +371,26 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
             "SSL_AUTO_ENABLE",
             old.ssl_auto_enable != new.ssl_auto_enable,
         ),
+        (
+            "SSL_AUTO_DOMAINS",
+            old.ssl_auto_domains != new.ssl_auto_domains,
+        ),
+        (
+            "SSL_AUTO_DIRECTORY_URL",
+            old.ssl_auto_directory_url != new.ssl_auto_directory_url,
+        ),
+        (
+            "SSL_AUTO_CACHE_DIR",
+            old.ssl_auto_cache_dir != new.ssl_auto_cache_dir,
+        ),
+        (
+            "SSL_AUTO_HTTP_PORT",
+            old.ssl_auto_http_port != new.ssl_auto_http_port,
+        ),
+        (
+            "SSL_AUTO_CA_FILE",
+            old.ssl_auto_ca_file != new.ssl_auto_ca_file,
+        ),
         ("ERROR_LOG_FILE", old.error_log_file != new.error_log_file),
         ("DEFERRED_Q_DIR", old.deferred_q_dir != new.deferred_q_dir),
         (

@@ -35,7 +35,7 @@ use jws::AccountKey;
 /// certificates shorter-lived than 90 days.
 const RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 /// After a failed order: the first wait, doubled each time up to the cap.
-const RETRY_FIRST: Duration = Duration::from_secs(5);
+const RETRY_FIRST: Duration = Duration::from_secs(30);
 const RETRY_MAX: Duration = Duration::from_secs(3600);
 /// One HTTPS exchange with the ACME server.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -349,9 +349,9 @@ mod tests {
 
     #[test]
     fn retries_back_off_to_an_hour() {
-        assert_eq!(retry_in(1), Duration::from_secs(5));
-        assert_eq!(retry_in(2), Duration::from_secs(10));
-        assert_eq!(retry_in(4), Duration::from_secs(40));
+        assert_eq!(retry_in(1), Duration::from_secs(30));
+        assert_eq!(retry_in(2), Duration::from_secs(60));
+        assert_eq!(retry_in(4), Duration::from_secs(240));
         assert_eq!(retry_in(30), RETRY_MAX);
     }
 

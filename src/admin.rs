@@ -316,7 +316,23 @@ impl Admin {
             queue = g.queue_depth,
             rows = rows,
             chart = queue_chart(&depths),
+            tls = self.tls_line(),
         )
+    }
+
+    /// The listener's certificate, or why handshakes fail (ACME not done yet).
+    fn tls_line(&self) -> String {
+        self.proxy.tls.as_ref().map_or(String::new(), |tls| {
+            let class = if tls.has_certificate() {
+                "meta"
+            } else {
+                "meta down"
+            };
+            format!(
+                "<div class=\"{class}\" id=\"tls\">TLS: {}</div>",
+                html_escape(&tls.status())
+            )
+        })
     }
 }
 

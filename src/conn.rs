@@ -243,17 +243,16 @@ impl Worker {
         }
     }
 
-    /// On a TLS listener, the handshake, bounded by CLIENT_HEADER_TIMEOUT so that a
-    /// client that connects and stays silent cannot hold the worker longer (SPEC §8).
+    /// On a TLS listener, the handshake, with CLIENT_HEADER_TIMEOUT as a deadline for
+    /// the whole of it, so that a client that stays silent or dribbles its ClientHello
+    /// cannot hold the worker longer (SPEC §8).
     fn handshake(&self, tcp: TcpStream) -> Option<Stream> {
-        let Some(acceptor) = &self.proxy.tls else {
+        let Some(tls) = &self.proxy.tls else {
             return Some(Stream::Plain(tcp));
         };
-        let limit = Some(self.settings.1.cfg.client_header_timeout);
-        crate::stream::set_timeouts(&tcp, limit).ok()?;
         let peer = tcp.peer_addr().ok();
-        match acceptor.accept(tcp) {
-            Ok(tls) => Some(Stream::Tls(Box::new(tls))),
+        match tls.accept(tcp, self.settings.1.cfg.client_header_timeout) {
+            Ok(tls) => Some(Stream::Served(Box::new(tls))),
             Err(e) => {
                 log::debug!("{peer:?}: TLS handshake failed: {e}");
                 None

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accesslog;
+pub mod acme;
 pub mod admin;
 pub mod balancer;
 pub mod body;

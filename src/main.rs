@@ -13,6 +13,7 @@ use std::sync::Arc;
 use log::LevelFilter;
 
 use serviceq::accesslog::AccessLog;
+use serviceq::acme;
 use serviceq::config::FsyncPolicy;
 use serviceq::config::{self, Config, ConfigError};
 use serviceq::journal::{Fsync, Journal, JournalOptions};
@@ -73,8 +74,9 @@ fn run() -> Result<(), String> {
     check_body_fits_journal(&cfg)?;
     check_body_temp_dir(&cfg)?;
     let tls = TlsSetup {
-        acceptor: tls::listener_acceptor(&cfg)
-            .map_err(|e| startup_error(&cfg, e.key, e.message))?,
+        acceptor: tls::ListenerTls::from_config(&cfg)
+            .map_err(|e| startup_error(&cfg, e.key, e.message))?
+            .map(Arc::new),
         connector: tls::upstream_connector(&cfg)
             .map_err(|e| startup_error(&cfg, e.key, e.message))?,
     };
@@ -98,6 +100,7 @@ fn run() -> Result<(), String> {
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let durable = open_journal(&cfg)?;
     let admin = bind_admin(&cfg)?;
+    start_acme(&cfg, tls.acceptor.as_ref(), port)?;
     let (proxy, replay) = Proxy::new(cfg, logs, port, tls, durable).map_err(|e| e.to_string())?;
     let source = proxy.settings().cfg.source.clone();
     server::run(listener, admin, Arc::new(proxy), replay).map_err(|e| match e {
@@ -118,6 +121,22 @@ fn run() -> Result<(), String> {
         .to_string(),
         RunError::Io(err) => format!("{}: {err}", source.display()),
     })
+}
+
+/// SSL_AUTO_ENABLE: binds the HTTP-01 port and starts the certificate manager.
+fn start_acme(
+    cfg: &Config,
+    tls: Option<&Arc<tls::ListenerTls>>,
+    https_port: u16,
+) -> Result<(), String> {
+    let Some(tls) = tls else { return Ok(()) };
+    let bound = acme::bind(cfg).map_err(|e| startup_error(cfg, "SSL_AUTO_HTTP_PORT", e))?;
+    let Some(listener) = bound else {
+        return Ok(());
+    };
+    let settings =
+        acme::Settings::from_config(cfg).map_err(|e| startup_error(cfg, "SSL_AUTO_CA_FILE", e))?;
+    acme::start(settings, listener, Arc::clone(tls), https_port).map_err(|e| e.to_string())
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String> {

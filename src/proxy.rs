@@ -6,7 +6,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use native_tls::{TlsAcceptor, TlsConnector};
+use native_tls::TlsConnector;
 
 use rand::rngs::SmallRng;
 
@@ -20,6 +20,7 @@ use crate::journal::{Journal, Pending};
 use crate::linger::Lingerer;
 use crate::logging::ErrorLog;
 use crate::queue::{self, Queue, Replay};
+use crate::tls::ListenerTls;
 use crate::upstream::{Exchange, Held, OutgoingRequest, Upstreams};
 
 /// Header lines added to every message in one direction, pre-rendered once.
@@ -255,8 +256,8 @@ pub struct Proxy {
     /// `X-Forwarded-Proto` as seen by clients.
     pub forwarded_proto: &'static str,
     pub queue: Queue,
-    /// The listener's TLS acceptor when SSL_ENABLE=true.
-    pub tls: Option<TlsAcceptor>,
+    /// The listener's TLS when SSL_ENABLE=true (its certificate swapped by SIGHUP/ACME).
+    pub tls: Option<Arc<ListenerTls>>,
     /// CONCURRENCY_PEAK: fixed for the life of the process (it sizes the worker pool).
     peak: usize,
     stopping: AtomicBool,
@@ -278,7 +279,7 @@ pub struct Logs {
 
 /// TLS for both sides, checked at start-up by `tls.rs`.
 pub struct TlsSetup {
-    pub acceptor: Option<TlsAcceptor>,
+    pub acceptor: Option<Arc<ListenerTls>>,
     pub connector: Option<TlsConnector>,
 }
 
@@ -342,6 +343,11 @@ impl Proxy {
         let connector = crate::tls::upstream_connector(&cfg)
             .map_err(|e| format!("{}: {}: {}", cfg.source.display(), e.key, e.message))?;
         notes.extend(restart_needed(&current.cfg, &cfg));
+        // Last, as the one step that swaps something in place: nothing after it fails.
+        if let Some(tls) = &self.tls {
+            tls.reload(&cfg)
+                .map_err(|e| format!("{}: {}: {}", cfg.source.display(), e.key, e.message))?;
+        }
         let fresh = Settings::new(cfg, connector, Some(&current));
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -378,12 +384,28 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         ),
         ("SSL_ENABLE", old.ssl_enable != new.ssl_enable),
         (
-            "SSL_CERTIFICATE_FILE",
-            old.ssl_certificate_file != new.ssl_certificate_file,
+            "SSL_AUTO_ENABLE",
+            old.ssl_auto_enable != new.ssl_auto_enable,
         ),
         (
-            "SSL_PRIVATE_KEY_FILE",
-            old.ssl_private_key_file != new.ssl_private_key_file,
+            "SSL_AUTO_DOMAINS",
+            old.ssl_auto_domains != new.ssl_auto_domains,
+        ),
+        (
+            "SSL_AUTO_DIRECTORY_URL",
+            old.ssl_auto_directory_url != new.ssl_auto_directory_url,
+        ),
+        (
+            "SSL_AUTO_CACHE_DIR",
+            old.ssl_auto_cache_dir != new.ssl_auto_cache_dir,
+        ),
+        (
+            "SSL_AUTO_HTTP_PORT",
+            old.ssl_auto_http_port != new.ssl_auto_http_port,
+        ),
+        (
+            "SSL_AUTO_CA_FILE",
+            old.ssl_auto_ca_file != new.ssl_auto_ca_file,
         ),
         ("ERROR_LOG_FILE", old.error_log_file != new.error_log_file),
         ("DEFERRED_Q_DIR", old.deferred_q_dir != new.deferred_q_dir),

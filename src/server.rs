@@ -586,7 +586,7 @@ const TLS_REJECT_HANDSHAKE: Duration = Duration::from_secs(2);
 /// On a TLS listener, the thread that completes the handshake of a flooded client and
 /// writes its 429 (SPEC §6: the client reads a complete response).
 fn start_tls_rejecter(proxy: &Arc<Proxy>) -> io::Result<Option<Sender<TcpStream>>> {
-    let Some(acceptor) = proxy.tls.clone() else {
+    let Some(tls) = proxy.tls.clone() else {
         return Ok(None);
     };
     let (tx, rx) = crossbeam_channel::bounded::<TcpStream>(TLS_REJECT_BACKLOG);
@@ -596,11 +596,7 @@ fn start_tls_rejecter(proxy: &Arc<Proxy>) -> io::Result<Option<Sender<TcpStream>
         .stack_size(WORKER_STACK_BYTES)
         .spawn(move || {
             for tcp in rx {
-                let limit = Some(TLS_REJECT_HANDSHAKE);
-                if crate::stream::set_timeouts(&tcp, limit).is_err() {
-                    continue;
-                }
-                if let Ok(mut tls) = acceptor.accept(tcp) {
+                if let Ok(mut tls) = tls.accept(tcp, TLS_REJECT_HANDSHAKE) {
                     let reply = proxy.settings().render_reply(Reply::Flooded, true, false);
                     let _ = tls.write_all(&reply);
                     let _ = tls.shutdown();

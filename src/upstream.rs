@@ -379,16 +379,16 @@ fn is_quiet(conn: &mut Stream) -> bool {
         // A non-blocking read through TLS: OpenSSL consumes what is not application data
         // (TLS 1.3 session tickets, sent after the handshake) and reports WouldBlock;
         // application bytes or a close mean the connection is spent.
-        Stream::Tls(tls) => {
-            if tls.get_ref().set_nonblocking(true).is_err() {
+        tls => {
+            if tls.tcp().set_nonblocking(true).is_err() {
                 return false;
             }
             let mut probe = [0u8; 1];
             let quiet = matches!(
-                io::Read::read(tls.as_mut(), &mut probe),
+                io::Read::read(tls, &mut probe),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock
             );
-            tls.get_ref().set_nonblocking(false).is_ok() && quiet
+            tls.tcp().set_nonblocking(false).is_ok() && quiet
         }
     }
 }

@@ -264,8 +264,11 @@ impl Replay {
                         if proxy.stopping() {
                             return;
                         }
-                        thread::sleep(pause);
-                        pause = (pause * 2).min(REPLAY_PAUSE_MAX);
+                        // A health check seeing an endpoint back ends the pause at once.
+                        pause = match proxy.replay_wakeup.sleep(pause) {
+                            true => REPLAY_PAUSE_MIN,
+                            false => (pause * 2).min(REPLAY_PAUSE_MAX),
+                        };
                     }
                 }
             }

@@ -48,6 +48,8 @@ pub struct Upstream {
     pub attempts: AtomicU64,
     /// Failed attempts by `LogCode` (in `FAILURE_CODES` order), for /metrics.
     pub failures: [AtomicU64; 4],
+    /// What the active health checks say of it (`health.rs`).
+    pub health: crate::health::EndpointHealth,
 }
 
 /// The failure codes counted per endpoint, in the order of `Upstream::failures`.
@@ -68,6 +70,7 @@ impl Upstream {
             idle: Mutex::new(Vec::new()),
             attempts: AtomicU64::new(0),
             failures: [const { AtomicU64::new(0) }; 4],
+            health: crate::health::EndpointHealth::default(),
         }
     }
 
@@ -196,6 +199,7 @@ impl Upstreams {
                 Some(old) => {
                     let fresh = Upstream::new(e.clone());
                     fresh.errors.store(old.errors(), Ordering::Relaxed);
+                    fresh.health.copy_from(&old.health);
                     Arc::new(fresh)
                 }
                 None => Arc::new(Upstream::new(e.clone())),
@@ -217,6 +221,12 @@ impl Upstreams {
     pub fn error_counts(&self, into: &mut Vec<u32>) {
         into.clear();
         into.extend(self.list.iter().map(|u| u.errors()));
+    }
+
+    /// Which endpoints the health checks marked down, for `balancer`.
+    pub fn down_mask(&self, into: &mut Vec<bool>) {
+        into.clear();
+        into.extend(self.list.iter().map(|u| u.health.is_down()));
     }
 
     /// One attempt on endpoint `idx`: a kept-alive connection if there is one (the
@@ -302,9 +312,18 @@ impl Upstreams {
     /// for `https://`. Every failure here is SPEC §7's 701 UPSTREAM_DOWN, except an
     /// expired connect timeout (702 UPSTREAM_TIMED_OUT).
     fn dial(&self, up: &Upstream) -> Result<Stream, AttemptError> {
-        let tcp = connect(&up.endpoint, self.timeout).map_err(AttemptError::from_connect)?;
+        self.dial_with(up, self.timeout)
+    }
+
+    /// `dial` with its own timeout (the health checks' HEALTH_CHECK_TIMEOUT).
+    pub fn dial_with(
+        &self,
+        up: &Upstream,
+        timeout: Option<Duration>,
+    ) -> Result<Stream, AttemptError> {
+        let tcp = connect(&up.endpoint, timeout).map_err(AttemptError::from_connect)?;
         tcp.set_nodelay(true).map_err(AttemptError::Connect)?;
-        crate::stream::set_timeouts(&tcp, self.timeout).map_err(AttemptError::Connect)?;
+        crate::stream::set_timeouts(&tcp, timeout).map_err(AttemptError::Connect)?;
         match (up.endpoint.scheme, &self.tls) {
             (Scheme::Http, _) => Ok(Stream::Plain(tcp)),
             (Scheme::Https, Some(tls)) => match tls.connect(&up.endpoint.host, tcp) {

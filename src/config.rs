@@ -93,6 +93,8 @@ pub struct Config {
     pub health_check_rise: u32,
     pub health_check_fall: u32,
     pub health_check_status: StatusRanges,
+    /// How long an upgraded connection (`tunnel.rs`) may stay silent both ways.
+    pub tunnel_idle_timeout: Duration,
 }
 
 /// A configuration problem: printed by `main` as
@@ -175,6 +177,9 @@ impl Config {
             health_check_rise: 2,
             health_check_fall: 3,
             health_check_status: StatusRanges::default_healthy(),
+            // HAProxy's `timeout tunnel` is commonly set to an hour, nginx's
+            // proxy_read_timeout for WebSocket to minutes: five is between.
+            tunnel_idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -238,6 +243,7 @@ const KEYS: &[&str] = &[
     "HEALTH_CHECK_RISE",
     "HEALTH_CHECK_FALL",
     "HEALTH_CHECK_STATUS",
+    "TUNNEL_IDLE_TIMEOUT",
 ];
 
 /// Headers that `ServiceQ` sets or strips itself (RFC 9112 §6 framing, RFC 9110 §7.6.1
@@ -702,7 +708,9 @@ impl Entries<'_> {
             parse_check_count,
         )?;
         let status = &mut c.health_check_status;
-        self.set(status, "HEALTH_CHECK_STATUS", StatusRanges::parse)
+        self.set(status, "HEALTH_CHECK_STATUS", StatusRanges::parse)?;
+        let idle = &mut c.tunnel_idle_timeout;
+        self.set(idle, "TUNNEL_IDLE_TIMEOUT", parse_seconds_positive)
     }
 
     /// Overwrites `field` with the parsed value when the file gives `key`; otherwise
@@ -1213,6 +1221,11 @@ mod tests {
         assert_eq!(c.health_check_timeout, secs(1.0));
         assert_eq!((c.health_check_rise, c.health_check_fall), (2, 3));
         assert_eq!(c.health_check_status, StatusRanges::default_healthy());
+        assert_eq!(c.tunnel_idle_timeout, secs(300.0));
+        assert_eq!(
+            config_with("TUNNEL_IDLE_TIMEOUT=0.5").tunnel_idle_timeout,
+            secs(0.5)
+        );
     }
 
     #[test]

@@ -30,5 +30,6 @@ pub mod server;
 pub mod signals;
 pub mod stream;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;
 pub mod wakeup;

@@ -82,6 +82,11 @@ pub struct Metrics {
     pub replayed_total: AtomicU64,
     pub dead_lettered_total: AtomicU64,
     pub access_log_dropped: AtomicU64,
+    /// Upgraded connections (`tunnel.rs`): started, open now, and bytes copied
+    /// [client → endpoint, endpoint → client].
+    pub tunnels_total: AtomicU64,
+    pub tunnels_active: AtomicU64,
+    pub tunnel_bytes: [AtomicU64; 2],
     pub upstream_latency: Histogram,
     pub total_latency: Histogram,
 }
@@ -95,6 +100,9 @@ pub static METRICS: Metrics = Metrics {
     replayed_total: AtomicU64::new(0),
     dead_lettered_total: AtomicU64::new(0),
     access_log_dropped: AtomicU64::new(0),
+    tunnels_total: AtomicU64::new(0),
+    tunnels_active: AtomicU64::new(0),
+    tunnel_bytes: [const { AtomicU64::new(0) }; 2],
     upstream_latency: Histogram::new(),
     total_latency: Histogram::new(),
 };
@@ -273,6 +281,33 @@ pub fn export(g: &Gauges, endpoints: &[EndpointFigures]) -> String {
         "counter",
         "Access log lines dropped because the writer fell behind.",
         &plain(Metrics::get(&m.access_log_dropped) as f64),
+    );
+    push(
+        &mut out,
+        "serviceq_tunnels_total",
+        "counter",
+        "Upgraded connections (101 Switching Protocols) tunnelled.",
+        &plain(Metrics::get(&m.tunnels_total) as f64),
+    );
+    push(
+        &mut out,
+        "serviceq_tunnels_active",
+        "gauge",
+        "Upgraded connections open now (each holds a worker).",
+        &plain(Metrics::get(&m.tunnels_active) as f64),
+    );
+    let directions = ["client_to_upstream", "upstream_to_client"];
+    let tunnel_bytes: Vec<(String, f64)> = directions
+        .iter()
+        .zip(&m.tunnel_bytes)
+        .map(|(d, c)| (format!("{{direction=\"{d}\"}}"), Metrics::get(c) as f64))
+        .collect();
+    push(
+        &mut out,
+        "serviceq_tunnel_bytes_total",
+        "counter",
+        "Bytes copied through finished tunnels, by direction.",
+        &tunnel_bytes,
     );
     push(
         &mut out,

@@ -193,7 +193,12 @@ impl Settings {
                     up.record_failure(e.log_code());
                     errlog.record(&up.label, e.log_code());
                     log::debug!("{} attempt on {}: {e}", req.method, up.label);
+                    // An upgrade is retried only if it never reached the endpoint.
+                    let sent = !matches!(e, AttemptError::Connect(_));
                     last = Some(e);
+                    if req.upgrade && sent {
+                        break;
+                    }
                 }
             }
         }

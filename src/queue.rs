@@ -327,6 +327,7 @@ fn deliver(
         request_line: &req.request_line,
         headers: &req.headers,
         body: &req.body,
+        upgrade: false,
     };
     let settings = proxy.settings();
     let (idx, mut exchange) = settings.try_endpoints(&proxy.errlog, &out, buf, scratch)?;

@@ -173,6 +173,8 @@ pub struct OutgoingRequest<'a> {
     pub request_line: &'a [u8],
     pub headers: &'a [u8],
     pub body: &'a [u8],
+    /// It offers to switch protocols (`tunnel::offered_upgrade`): a 101 is its answer.
+    pub upgrade: bool,
 }
 
 /// A response head received on `conn`; its first body bytes are in the caller's buffer.
@@ -276,7 +278,7 @@ impl Upstreams {
         )
         .and_then(|()| conn.flush())
         .map_err(Failure::stale_or_lost)?;
-        read_response_head(&mut conn, buf, req.method, head)?;
+        read_response_head(&mut conn, buf, req, head)?;
         let head = std::mem::replace(head, ResponseHead::empty());
         Ok(Exchange { conn, head })
     }
@@ -422,15 +424,20 @@ fn connect(endpoint: &Endpoint, timeout: Option<Duration>) -> io::Result<TcpStre
 fn read_response_head(
     conn: &mut Stream,
     buf: &mut IoBuf,
-    method: &str,
+    req: &OutgoingRequest<'_>,
     head: &mut ResponseHead,
 ) -> Result<(), Failure> {
     let mut received_any = false;
     loop {
         if !buf.is_empty() {
-            match parse_response_into(buf.filled(), &RESPONSE_LIMITS, method, head) {
+            match parse_response_into(buf.filled(), &RESPONSE_LIMITS, req.method, head) {
                 Ok(Some(len)) => {
                     buf.consume(len);
+                    if head.status == 101 && crate::tunnel::accepts_switch(req.upgrade, head) {
+                        // The final answer to an upgrade: the bytes after it are the
+                        // new protocol's (`tunnel.rs`).
+                        return Ok(());
+                    }
                     if head.status == 101 {
                         return Err(AttemptError::BadResponse("unexpected 101").into());
                     }

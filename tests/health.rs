@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use support::queue::*;
@@ -30,28 +30,9 @@ fn checked(endpoints: &[String]) -> Conf {
         .set("HEALTH_CHECK_FALL", &FALL.to_string())
 }
 
-fn start_with_admin(conf: Conf) -> (ServiceQ, SocketAddr) {
-    let port = refusing_port();
-    let sq = conf
-        .set("ADMIN_ADDRESS", "127.0.0.1")
-        .set("ADMIN_PORT", &port.to_string())
-        .start();
-    let admin: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert!(
-        wait_until(Duration::from_secs(5), || TcpStream::connect(admin).is_ok()),
-        "admin listener not up; stderr:\n{}",
-        sq.stderr()
-    );
-    (sq, admin)
-}
-
 /// The value of `name{endpoint="URL"}` in /metrics.
 fn metric(admin: SocketAddr, name: &str, url: &str) -> Option<f64> {
-    let prefix = format!("{name}{{endpoint=\"{url}\"}} ");
-    get(admin, "/metrics")
-        .body_str()
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.parse().ok()))
+    metric_sample(admin, &format!("{name}{{endpoint=\"{url}\"}}"))
 }
 
 fn down_line(url: &str) -> String {
@@ -84,6 +65,24 @@ fn live_requests(u: &Upstream) -> usize {
         .count()
 }
 
+/// The fall is in the error log as 701 UPSTREAM_DOWN.
+fn assert_logged_down(sq: &ServiceQ, url: &str) {
+    let lines = sq.error_log_lines();
+    let logged = lines
+        .iter()
+        .any(|l| is_log_line(l, url, 701, "UPSTREAM_DOWN"));
+    assert!(logged, "{lines:?}");
+}
+
+/// Whether requests through the proxy soon reach `u` again (some go elsewhere).
+fn takes_live_requests(sq: &ServiceQ, u: &Upstream) -> bool {
+    let before = live_requests(u);
+    wait_until(Duration::from_secs(5), || {
+        get(sq.addr(), "/again");
+        live_requests(u) > before
+    })
+}
+
 #[test]
 fn killed_endpoint_is_marked_down_gets_no_live_request_and_comes_back() {
     let mut a = Upstream::start(Behaviour::Ok);
@@ -113,13 +112,7 @@ fn killed_endpoint_is_marked_down_gets_no_live_request_and_comes_back() {
         metric(admin, "serviceq_upstream_check_up", &b.url()),
         Some(1.0)
     );
-    let lines = sq.error_log_lines();
-    assert!(
-        lines
-            .iter()
-            .any(|l| is_log_line(l, &a.url(), 701, "UPSTREAM_DOWN")),
-        "{lines:?}"
-    );
+    assert_logged_down(&sq, &a.url());
 
     // Down: no attempt of a live request goes to it (each would be a 701 and an attempt).
     let attempts = metric(admin, "serviceq_upstream_attempts_total", &a.url());
@@ -138,13 +131,8 @@ fn killed_endpoint_is_marked_down_gets_no_live_request_and_comes_back() {
     let rise_bound = secs(INTERVAL * f64::from(RISE + 1));
     let took = time_until_logged(&sq, &up_line(&a.url()), 1, rise_bound);
     assert!(took <= rise_bound + SLACK, "marked up after {took:?}");
-    let before = live_requests(&a);
-    let back = wait_until(Duration::from_secs(5), || {
-        get(sq.addr(), "/again");
-        live_requests(&a) > before
-    });
     assert!(
-        back,
+        takes_live_requests(&sq, &a),
         "no live request reached the endpoint after it came back"
     );
 }
@@ -166,13 +154,7 @@ fn check_path_answering_500_marks_a_listening_endpoint_down() {
         "{}",
         sq.stderr()
     );
-    let lines = sq.error_log_lines();
-    assert!(
-        lines
-            .iter()
-            .any(|l| is_log_line(l, &a.url(), 701, "UPSTREAM_DOWN")),
-        "{lines:?}"
-    );
+    assert_logged_down(&sq, &a.url());
     // It still accepts connections: the checks go on, each on a connection of its own.
     let (checks, conns) = (a.request_count(), a.connections());
     assert!(wait_until(Duration::from_secs(5), || a.request_count() >= checks + 2));
@@ -298,13 +280,8 @@ fn sighup_applies_changed_check_settings_and_keeps_the_verdicts() {
     assert!(wait_until(Duration::from_secs(5), || {
         metric(admin, "serviceq_upstream_check_up", &a.url()).is_none()
     }));
-    let live = live_requests(&a);
-    let reached = wait_until(Duration::from_secs(5), || {
-        get(sq.addr(), "/x");
-        live_requests(&a) > live
-    });
     assert!(
-        reached,
+        takes_live_requests(&sq, &a),
         "the endpoint stayed out after checks were turned off"
     );
 }

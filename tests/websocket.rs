@@ -10,7 +10,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -145,28 +145,6 @@ fn assert_client_ok(out: &Output, mode: &str, sq: &ServiceQ) {
     );
 }
 
-fn start_with_admin(conf: Conf) -> (ServiceQ, SocketAddr) {
-    let port = refusing_port();
-    let sq = conf
-        .set("ADMIN_ADDRESS", "127.0.0.1")
-        .set("ADMIN_PORT", &port.to_string())
-        .start();
-    let admin: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert!(wait_until(Duration::from_secs(5), || TcpStream::connect(
-        admin
-    )
-    .is_ok()));
-    (sq, admin)
-}
-
-fn metric(admin: SocketAddr, sample: &str) -> Option<f64> {
-    let prefix = format!("{sample} ");
-    get(admin, "/metrics")
-        .body_str()
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.parse().ok()))
-}
-
 /// The access log's lines, once `n` of them are written.
 fn access_lines(sq: &ServiceQ, n: usize) -> Vec<String> {
     let path = sq.dir().join("access.log");
@@ -206,9 +184,9 @@ fn text_binary_and_10_mib_messages_both_ways_then_a_client_close() {
     // Two 10 MiB messages each way, plus framing and the small messages.
     assert!(field(line, "tunnel_in") > 2 * TEN_MIB, "{line}");
     assert!(field(line, "tunnel_out") > 2 * TEN_MIB, "{line}");
-    assert_eq!(metric(admin, "serviceq_tunnels_total"), Some(1.0));
-    assert_eq!(metric(admin, "serviceq_tunnels_active"), Some(0.0));
-    let sent = metric(
+    assert_eq!(metric_sample(admin, "serviceq_tunnels_total"), Some(1.0));
+    assert_eq!(metric_sample(admin, "serviceq_tunnels_active"), Some(0.0));
+    let sent = metric_sample(
         admin,
         "serviceq_tunnel_bytes_total{direction=\"client_to_upstream\"}",
     );
@@ -248,18 +226,18 @@ fn a_hundred_tunnels_at_once() {
     let open = lines.recv_timeout(PYTHON_DEADLINE);
     assert_eq!(open.as_deref(), Ok("OPEN 100"), "{}", sq.stderr());
     // Every tunnel holds a worker and a CONCURRENCY_PEAK slot while open.
-    assert_eq!(metric(admin, "serviceq_tunnels_active"), Some(100.0));
-    assert_eq!(metric(admin, "serviceq_requests_held"), Some(100.0));
+    assert_eq!(metric_sample(admin, "serviceq_tunnels_active"), Some(100.0));
+    assert_eq!(metric_sample(admin, "serviceq_requests_held"), Some(100.0));
     stdin.write_all(b"go\n").unwrap();
     drop(stdin);
     let done = lines.recv_timeout(PYTHON_DEADLINE);
     assert_eq!(done.as_deref(), Ok("OK many"), "{}", sq.stderr());
     drop(child);
     assert!(wait_until(Duration::from_secs(5), || {
-        metric(admin, "serviceq_tunnels_active") == Some(0.0)
-            && metric(admin, "serviceq_requests_held") == Some(0.0)
+        metric_sample(admin, "serviceq_tunnels_active") == Some(0.0)
+            && metric_sample(admin, "serviceq_requests_held") == Some(0.0)
     }));
-    assert_eq!(metric(admin, "serviceq_tunnels_total"), Some(100.0));
+    assert_eq!(metric_sample(admin, "serviceq_tunnels_total"), Some(100.0));
 }
 
 #[test]

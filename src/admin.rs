@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::metrics::{self, EndpointFigures, Gauges};
+use crate::metrics::{self, CheckFigures, EndpointFigures, Gauges};
 use crate::proxy::Proxy;
 use crate::server::Pool;
 use crate::upstream::FAILURE_CODES;
@@ -253,6 +253,15 @@ impl Admin {
                     )
                 }),
                 idle_connections: u.idle_count(),
+                check: settings
+                    .cfg
+                    .health_check_path
+                    .as_ref()
+                    .map(|_| CheckFigures {
+                        up: !u.health.is_down(),
+                        checks: metrics::Metrics::get(&u.health.probes),
+                        failed: metrics::Metrics::get(&u.health.failed_probes),
+                    }),
             })
             .collect()
     }
@@ -287,7 +296,14 @@ impl Admin {
         };
         let mut rows = String::new();
         for (e, share) in endpoints.iter().zip(&shares) {
-            let (class, health) = if e.error_count == 0 {
+            let checked = match e.check {
+                None => "off",
+                Some(c) if c.up => "up",
+                Some(_) => "down",
+            };
+            let (class, health) = if checked == "down" {
+                ("down", "marked down by health checks".to_string())
+            } else if e.error_count == 0 {
                 ("up", "healthy".to_string())
             } else {
                 (
@@ -298,7 +314,7 @@ impl Admin {
             let failed: u64 = e.failures.iter().map(|(_, n)| n).sum();
             let _ = write!(
                 rows,
-                "<tr class=\"{class}\"><td>{}</td><td>{health}</td><td>{}</td><td>{}</td><td>{}</td><td>{failed}</td><td>{}</td></tr>",
+                "<tr class=\"{class}\"><td>{}</td><td>{health}</td><td class=\"check\">{checked}</td><td>{}</td><td>{}</td><td>{}</td><td>{failed}</td><td>{}</td></tr>",
                 html_escape(&e.label),
                 e.error_count,
                 share.map_or("–".to_string(), |s| format!("{:.0}%", s * 100.0)),

@@ -21,6 +21,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::formats::RequestFormats;
+use crate::health::StatusRanges;
 
 /// `http` or `https`, as written in ENDPOINTS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +99,15 @@ pub struct Config {
     pub access_log_file: Option<PathBuf>,
     pub admin_address: IpAddr,
     pub admin_port: u16,
+    /// Active health checks (`health.rs`); `None` = off.
+    pub health_check_path: Option<String>,
+    pub health_check_interval: Duration,
+    pub health_check_timeout: Duration,
+    pub health_check_rise: u32,
+    pub health_check_fall: u32,
+    pub health_check_status: StatusRanges,
+    /// How long an upgraded connection (`tunnel.rs`) may stay silent both ways.
+    pub tunnel_idle_timeout: Duration,
 }
 
 /// A configuration problem: printed by `main` as
@@ -182,6 +192,16 @@ impl Config {
             access_log_file: None,
             admin_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             admin_port: 0,
+            health_check_path: None,
+            health_check_interval: Duration::from_secs(2),
+            health_check_timeout: Duration::from_secs(1),
+            // HAProxy's defaults.
+            health_check_rise: 2,
+            health_check_fall: 3,
+            health_check_status: StatusRanges::default_healthy(),
+            // HAProxy's `timeout tunnel` is commonly set to an hour, nginx's
+            // proxy_read_timeout for WebSocket to minutes: five is between.
+            tunnel_idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -249,6 +269,13 @@ const KEYS: &[&str] = &[
     "ACCESS_LOG_FILE",
     "ADMIN_ADDRESS",
     "ADMIN_PORT",
+    "HEALTH_CHECK_PATH",
+    "HEALTH_CHECK_INTERVAL",
+    "HEALTH_CHECK_TIMEOUT",
+    "HEALTH_CHECK_RISE",
+    "HEALTH_CHECK_FALL",
+    "HEALTH_CHECK_STATUS",
+    "TUNNEL_IDLE_TIMEOUT",
 ];
 
 /// Headers that `ServiceQ` sets or strips itself (RFC 9112 §6 framing, RFC 9110 §7.6.1
@@ -597,6 +624,7 @@ impl Entries<'_> {
         self.read_client_limits(&mut config)?;
         self.read_tls(&mut config)?;
         self.read_logs_and_admin(&mut config)?;
+        self.read_health_checks(&mut config)?;
         self.collect_warnings(&config, warnings);
         Ok(config)
     }
@@ -704,6 +732,29 @@ impl Entries<'_> {
         )?;
         self.set(&mut c.admin_address, "ADMIN_ADDRESS", parse_ip)?;
         self.set(&mut c.admin_port, "ADMIN_PORT", parse_port)
+    }
+
+    fn read_health_checks(&self, c: &mut Config) -> Result<(), ConfigError> {
+        let path = &mut c.health_check_path;
+        self.set(path, "HEALTH_CHECK_PATH", parse_health_check_path)?;
+        let interval = &mut c.health_check_interval;
+        self.set(interval, "HEALTH_CHECK_INTERVAL", parse_seconds_positive)?;
+        let timeout = &mut c.health_check_timeout;
+        self.set(timeout, "HEALTH_CHECK_TIMEOUT", parse_seconds_positive)?;
+        self.set(
+            &mut c.health_check_rise,
+            "HEALTH_CHECK_RISE",
+            parse_check_count,
+        )?;
+        self.set(
+            &mut c.health_check_fall,
+            "HEALTH_CHECK_FALL",
+            parse_check_count,
+        )?;
+        let status = &mut c.health_check_status;
+        self.set(status, "HEALTH_CHECK_STATUS", StatusRanges::parse)?;
+        let idle = &mut c.tunnel_idle_timeout;
+        self.set(idle, "TUNNEL_IDLE_TIMEOUT", parse_seconds_positive)
     }
 
     /// Overwrites `field` with the parsed value when the file gives `key`; otherwise
@@ -1049,6 +1100,23 @@ fn parse_max_age(value: &str) -> Result<Option<Duration>, String> {
     Ok((!seconds.is_zero()).then_some(seconds))
 }
 
+/// An origin-form path (and query) for the check's request line; empty = checks off.
+fn parse_health_check_path(value: &str) -> Result<Option<String>, String> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let visible = value.bytes().all(|b| b.is_ascii_graphic());
+    if !value.starts_with('/') || !visible {
+        return Err(expected("a path such as /healthz (no spaces)", value));
+    }
+    Ok(Some(value.to_string()))
+}
+
+/// HEALTH_CHECK_RISE / HEALTH_CHECK_FALL: checks in a row, 1 to 100.
+fn parse_check_count(value: &str) -> Result<u32, String> {
+    parse_usize_in(value, (1, 100)).map(|n| n as u32)
+}
+
 fn parse_endpoints(value: &str) -> Result<Vec<Endpoint>, String> {
     if value.is_empty() {
         return Err(expected(
@@ -1242,6 +1310,47 @@ mod tests {
         assert_eq!(c.access_log_file, None);
         assert_eq!(c.admin_address, "127.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(c.admin_port, 0);
+        assert_eq!(c.health_check_path, None);
+        assert_eq!(c.health_check_interval, secs(2.0));
+        assert_eq!(c.health_check_timeout, secs(1.0));
+        assert_eq!((c.health_check_rise, c.health_check_fall), (2, 3));
+        assert_eq!(c.health_check_status, StatusRanges::default_healthy());
+        assert_eq!(c.tunnel_idle_timeout, secs(300.0));
+        assert_eq!(
+            config_with("TUNNEL_IDLE_TIMEOUT=0.5").tunnel_idle_timeout,
+            secs(0.5)
+        );
+    }
+
+    #[test]
+    fn health_check_settings() {
+        let c = config_with(
+            "HEALTH_CHECK_PATH=/healthz?deep=1\nHEALTH_CHECK_INTERVAL=0.2\nHEALTH_CHECK_TIMEOUT=0.5\n\
+             HEALTH_CHECK_RISE=1\nHEALTH_CHECK_FALL=5\nHEALTH_CHECK_STATUS=200,204-205",
+        );
+        assert_eq!(c.health_check_path.as_deref(), Some("/healthz?deep=1"));
+        assert_eq!(c.health_check_interval, secs(0.2));
+        assert_eq!(c.health_check_timeout, secs(0.5));
+        assert_eq!((c.health_check_rise, c.health_check_fall), (1, 5));
+        assert!(c.health_check_status.contains(205) && !c.health_check_status.contains(201));
+        assert_eq!(config_with("HEALTH_CHECK_PATH=").health_check_path, None);
+        for bad in [
+            "HEALTH_CHECK_PATH=healthz",
+            "HEALTH_CHECK_PATH=/a b",
+            "HEALTH_CHECK_INTERVAL=0",
+            "HEALTH_CHECK_TIMEOUT=-1",
+            "HEALTH_CHECK_RISE=0",
+            "HEALTH_CHECK_FALL=101",
+            "HEALTH_CHECK_STATUS=2xx",
+        ] {
+            let e = parse_err(&format!("{BASE}{bad}\n"));
+            let key = bad.split('=').next().unwrap();
+            assert_eq!(
+                (e.line, e.key.as_deref()),
+                (Some(3), Some(key)),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -121,6 +121,8 @@ struct Outcome {
     upstream_time: Option<Duration>,
     queued: Option<&'static str>,
     request_id: String,
+    /// Bytes each way through an upgraded connection (from, to the client).
+    tunnel: Option<(u64, u64)>,
 }
 
 impl Outcome {
@@ -503,7 +505,9 @@ impl Worker {
             &mut self.line,
             &mut self.headers,
         );
-        let queueable = settings.is_queueable(&head.method, &head.target);
+        // An upgrade is never queued: its client waits for the switch (`tunnel.rs`).
+        let upgrade = crate::tunnel::offered_upgrade(head).is_some();
+        let queueable = !upgrade && settings.is_queueable(&head.method, &head.target);
         let (upfront, deferred) = (
             queueable && settings.cfg.enable_upfront_q,
             queueable && settings.cfg.enable_deferred_q,
@@ -516,6 +520,7 @@ impl Worker {
             request_line: &self.line,
             headers: &self.headers,
             body: &self.body,
+            upgrade,
         };
         let upstream_started = Instant::now();
         let tried = self.settings.1.try_endpoints(
@@ -641,6 +646,7 @@ impl Worker {
             request_time: took,
             queued: None,
             request_id: "-",
+            tunnel: None,
         });
     }
 
@@ -653,6 +659,9 @@ impl Worker {
         idx: usize,
         exchange: Exchange,
     ) -> Next {
+        if exchange.head.status == 101 {
+            return self.switch_protocols(client, idx, exchange);
+        }
         let (proxy, settings) = (&self.proxy, &self.settings.1);
         let (upbuf, out) = (&mut self.upbuf, &mut self.out);
         let scratch = &mut self.scratch;
@@ -706,6 +715,38 @@ impl Worker {
         }
     }
 
+    /// A 101 to an upgrade request: relays it, then the connection is a tunnel until
+    /// both sides are done with it (`tunnel.rs`); it is not HTTP afterwards.
+    fn switch_protocols(&mut self, client: &mut Client, idx: usize, exchange: Exchange) -> Next {
+        let Exchange { mut conn, head } = exchange;
+        let settings = &self.settings.1;
+        crate::tunnel::switching_protocols_head(&head, &settings.response_headers, &mut self.out);
+        self.scratch.reuse_head(head);
+        (self.outcome.status, self.outcome.relayed) = (101, true);
+        self.outcome.upstream = Some(idx);
+        if client.stream.write_all(&self.out).is_err() {
+            return Next::Abort;
+        }
+        let report = crate::tunnel::run(crate::tunnel::Tunnel {
+            client: &mut client.stream,
+            upstream: &mut conn,
+            client_early: self.inbuf.filled(),
+            upstream_early: self.upbuf.filled(),
+            idle_timeout: settings.cfg.tunnel_idle_timeout,
+        });
+        self.inbuf.clear();
+        self.upbuf.clear();
+        self.outcome.body_bytes = report.to_client;
+        self.outcome.tunnel = Some((report.from_client, report.to_client));
+        log::debug!(
+            "{}: tunnel ended ({:?}) after {:.1?}",
+            client.peer,
+            report.end,
+            report.duration
+        );
+        Next::Abort
+    }
+
     /// Counts a finished request in /metrics and writes its access log line.
     fn record(&self, client: &Client, head: &RequestHead, started: Instant) {
         let o = &self.outcome;
@@ -742,6 +783,7 @@ impl Worker {
             request_time: took,
             queued: o.queued,
             request_id: &o.request_id,
+            tunnel: o.tunnel,
         });
     }
 

@@ -109,6 +109,11 @@ pub fn upstream_request_into(
     }
     push_header(headers, b"X-Request-Id", id.as_bytes());
     headers.extend_from_slice(&custom.rendered);
+    // An upgrade (WebSocket) keeps its two hop-by-hop fields: ServiceQ tunnels a 101.
+    if let Some(protocols) = crate::tunnel::offered_upgrade(head) {
+        headers.extend_from_slice(b"Connection: upgrade\r\n");
+        push_header(headers, b"Upgrade", &protocols);
+    }
     if body_len > 0 || head.framing != crate::http::BodyFraming::None {
         headers.extend_from_slice(b"Content-Length: ");
         push_decimal(headers, body_len);

@@ -22,6 +22,7 @@ use crate::logging::ErrorLog;
 use crate::queue::{self, Queue, Replay};
 use crate::tls::ListenerTls;
 use crate::upstream::{Exchange, Held, OutgoingRequest, Upstreams};
+use crate::wakeup::Wakeup;
 
 /// Header lines added to every message in one direction, pre-rendered once.
 pub struct CustomHeaders {
@@ -91,6 +92,8 @@ fn hex_into(out: &mut [u8], mut n: u64) {
 /// Per-thread state for `try_endpoints`, kept to avoid an allocation per request.
 pub struct Scratch {
     pub errors: Vec<u32>,
+    /// The health checks' verdicts at the first attempt (`Upstreams::down_mask`).
+    pub down: Vec<bool>,
     pub rng: SmallRng,
     /// Attempts the last `try_endpoints` made (for the access log).
     pub attempts: u32,
@@ -106,6 +109,7 @@ impl Scratch {
         use rand::SeedableRng;
         Scratch {
             errors: Vec::new(),
+            down: Vec::new(),
             rng: SmallRng::from_entropy(),
             attempts: 0,
             held: Held::default(),
@@ -178,12 +182,13 @@ impl Settings {
             scratch.attempts = attempt + 1;
             if attempt == 0 {
                 ups.error_counts(&mut scratch.errors);
-                idx = balancer::first_choice(&scratch.errors, &mut scratch.rng);
+                ups.down_mask(&mut scratch.down);
+                idx = balancer::first_choice(&scratch.errors, &scratch.down, &mut scratch.rng);
             } else {
                 if !self.cfg.retry_gap.is_zero() {
                     std::thread::sleep(self.cfg.retry_gap);
                 }
-                idx = balancer::next_after(idx, ups.count());
+                idx = balancer::next_after(idx, ups.count(), &scratch.down);
             }
             let up = &ups.list[idx];
             match ups.attempt(idx, req, buf, &mut scratch.held, &mut scratch.resp) {
@@ -199,7 +204,12 @@ impl Settings {
                         crate::logging::escaped(req.method),
                         up.label
                     );
+                    // An upgrade is retried only if it never reached the endpoint.
+                    let sent = !matches!(e, AttemptError::Connect(_));
                     last = Some(e);
+                    if req.upgrade && sent {
+                        break;
+                    }
                 }
             }
         }
@@ -260,6 +270,10 @@ pub struct Proxy {
     pub tls: Option<Arc<ListenerTls>>,
     /// CONCURRENCY_PEAK: fixed for the life of the process (it sizes the worker pool).
     peak: usize,
+    /// Cuts the replay thread's pause short when a health check sees an endpoint back.
+    pub replay_wakeup: Wakeup,
+    /// Wakes the health checker when a reload may have changed its settings.
+    pub health_wakeup: Wakeup,
     stopping: AtomicBool,
 }
 
@@ -303,6 +317,8 @@ impl Proxy {
             tls: tls.acceptor,
             peak: cfg.concurrency_peak,
             stopping: AtomicBool::new(false),
+            replay_wakeup: Wakeup::new(),
+            health_wakeup: Wakeup::new(),
             generation: AtomicU64::new(0),
             errlog: logs.errors,
             access_log: logs.access,
@@ -351,6 +367,7 @@ impl Proxy {
         let fresh = Settings::new(cfg, connector, Some(&current));
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
         self.generation.fetch_add(1, Ordering::AcqRel);
+        self.health_wakeup.wake();
         Ok(notes)
     }
 

@@ -412,6 +412,7 @@ pub fn run(
     // Requests recovered from the journal hold their slots like any queued request.
     pool.held.fetch_add(proxy.queue.depth(), Ordering::AcqRel);
     replay.start(Arc::clone(&proxy), Arc::clone(&pool))?;
+    crate::health::start(Arc::clone(&proxy))?;
     if let Some(admin) = admin {
         crate::admin::start(admin, Arc::clone(&proxy), Arc::clone(&pool))?;
     }

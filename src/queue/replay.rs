@@ -97,8 +97,11 @@ impl Replay {
                     if proxy.stopping() {
                         return false;
                     }
-                    thread::sleep(pause);
-                    pause = (pause * 2).min(REPLAY_PAUSE_MAX);
+                    // A health check seeing an endpoint back ends the pause at once.
+                    pause = match proxy.replay_wakeup.sleep(pause) {
+                        true => REPLAY_PAUSE_MIN,
+                        false => (pause * 2).min(REPLAY_PAUSE_MAX),
+                    };
                     if self.expired(head) {
                         inc(&METRICS.dead_lettered_total);
                         self.backend.dead_letter(head);
@@ -129,6 +132,7 @@ fn deliver(
         request_line: &req.request_line,
         headers: &req.headers,
         body: &req.body,
+        upgrade: false,
     };
     let settings = proxy.settings();
     let (idx, mut exchange) = settings.try_endpoints(&proxy.errlog, &out, buf, scratch)?;

@@ -1092,6 +1092,36 @@ pub fn assert_sq_response(resp: &Response, status: u16, msg: &str, extra: &[(&st
 }
 
 // ---------------------------------------------------------------------------------------
+// The admin listener
+// ---------------------------------------------------------------------------------------
+
+/// Starts the proxy with an admin listener on a free loopback port; waits until it
+/// answers.
+pub fn start_with_admin(conf: Conf) -> (ServiceQ, SocketAddr) {
+    let port = refusing_port();
+    let sq = conf
+        .set("ADMIN_ADDRESS", "127.0.0.1")
+        .set("ADMIN_PORT", &port.to_string())
+        .start();
+    let admin: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || TcpStream::connect(admin).is_ok()),
+        "admin listener not up; stderr:\n{}",
+        sq.stderr()
+    );
+    (sq, admin)
+}
+
+/// The value of one sample of /metrics, `name` or `name{labels}` as exported.
+pub fn metric_sample(admin: SocketAddr, sample: &str) -> Option<f64> {
+    let prefix = format!("{sample} ");
+    get(admin, "/metrics")
+        .body_str()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.parse().ok()))
+}
+
+// ---------------------------------------------------------------------------------------
 // Error log lines (SPEC §7)
 // ---------------------------------------------------------------------------------------
 

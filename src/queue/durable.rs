@@ -144,7 +144,7 @@ impl Backend for JournalBackend {
                 "{} {} (X-Request-Id {}) queued {waited:.1?}: moved to the dead-letter file",
                 d.req.method,
                 escaped(&d.req.target),
-                d.req.request_id
+                escaped(&d.req.request_id)
             ),
             Err(e) => log::error!(
                 "{}: cannot dead-letter record {}: {e}",

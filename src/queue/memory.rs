@@ -109,7 +109,7 @@ impl Backend for MemoryBackend {
             "{} {} (X-Request-Id {}) queued {:.1?}: dropped (DEFERRED_Q_MAX_AGE; no DEFERRED_Q_DIR for a dead-letter file)",
             d.req.method,
             crate::logging::escaped(&d.req.target),
-            d.req.request_id,
+            crate::logging::escaped(&d.req.request_id),
             d.req.queued_at.elapsed()
         );
         self.ack(d);

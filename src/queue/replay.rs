@@ -82,7 +82,7 @@ impl Replay {
                         "replayed {} {} (X-Request-Id {}): {status} from {endpoint} after {:.1?} queued; {} left",
                         req.method,
                         escaped(&req.target),
-                        req.request_id,
+                        escaped(&req.request_id),
                         req.queued_at.elapsed(),
                         self.backend.depth()
                     );

@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::checks::StatusRanges;
 use crate::formats::RequestFormats;
-use crate::health::StatusRanges;
 
 /// `http` or `https`, as written in ENDPOINTS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

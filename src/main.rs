@@ -16,11 +16,15 @@ use serviceq::accesslog::AccessLog;
 use serviceq::acme;
 use serviceq::config::FsyncPolicy;
 use serviceq::config::{self, Config, ConfigError};
+use serviceq::conn::Worker;
 use serviceq::journal::{Fsync, Journal, JournalOptions};
 use serviceq::logging::{self, ErrorLog};
 use serviceq::proxy::{Durable, Logs, Proxy, TlsSetup};
+use serviceq::queue::Replay;
 use serviceq::server::{self, RunError};
+use serviceq::slots::Pool;
 use serviceq::tls;
+use serviceq::{health, signals};
 
 const DEFAULT_CONFIG: &str = "/opt/serviceq/config/sq.properties";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -103,23 +107,44 @@ fn run() -> Result<(), String> {
     start_acme(&cfg, tls.acceptor.as_ref(), port)?;
     let (proxy, replay) = Proxy::new(cfg, logs, port, tls, durable).map_err(|e| e.to_string())?;
     let source = proxy.settings().cfg.source.clone();
-    server::run(listener, admin, Arc::new(proxy), replay).map_err(|e| match e {
-        RunError::Workers {
-            wanted,
-            started,
-            source: err,
-        } => ConfigError {
+    start_threads(listener, admin, Arc::new(proxy), replay).map_err(|e| {
+        let key = matches!(e, RunError::Workers { .. }).then(|| "CONCURRENCY_PEAK".into());
+        ConfigError {
             file: source,
             line: None,
-            key: Some("CONCURRENCY_PEAK".into()),
-            message: format!(
-                "cannot start {wanted} worker threads (stopped at {started}: {err}); \
-                 lower CONCURRENCY_PEAK or raise the host's thread limits \
-                 (ulimit -u, kernel.threads-max, the service's TasksMax)"
-            ),
+            key,
+            message: e.to_string(),
         }
-        .to_string(),
-        RunError::Io(err) => format!("{}: {err}", source.display()),
+        .to_string()
+    })
+}
+
+/// Wires the threads: signals first (a signal that arrives before its handler is set
+/// would take its default action: SIGHUP and SIGUSR1 terminate), then the replay
+/// thread, the health checker and the admin listener, then the workers and the
+/// acceptor, which runs on this thread until a stop.
+fn start_threads(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    proxy: Arc<Proxy>,
+    replay: Replay,
+) -> Result<(), RunError> {
+    let thread = |name: &'static str| move |source| RunError::Thread { name, source };
+    let signal_listener = listener.try_clone().map_err(RunError::Listener)?;
+    signals::spawn(Arc::clone(&proxy), signal_listener).map_err(thread("signals"))?;
+    let pool = Arc::new(Pool::new(proxy.peak()));
+    pool.hold_queued(proxy.queue.depth());
+    replay
+        .start(Arc::clone(&proxy), Arc::clone(&pool))
+        .map_err(thread("replay"))?;
+    health::start(Arc::clone(&proxy)).map_err(thread("health-check"))?;
+    if let Some(admin) = admin {
+        serviceq::admin::start(admin, Arc::clone(&proxy), Arc::clone(&pool))
+            .map_err(thread("admin"))?;
+    }
+    let shared = Arc::clone(&proxy);
+    server::run(listener, proxy, pool, move || {
+        Worker::new(Arc::clone(&shared))
     })
 }
 

@@ -380,7 +380,7 @@ impl Worker {
             if !slot.go_idle(pool.now_ms(), state::FIRST) {
                 return Ok(false);
             }
-            let peeked = tcp.peek(&mut [0u8; 1]);
+            let peeked = peek_blocking(tcp);
             // Reclaimed: the acceptor's peek found nothing, so no request is lost.
             return Ok(slot.go_busy() && matches!(peeked, Ok(n) if n > 0));
         }
@@ -845,6 +845,18 @@ fn close_after(mut client: Client, bytes: &[u8], proxy: &Proxy, linger: Linger) 
         Stream::Plain(tcp) if linger == Linger::IfPending && !has_pending_bytes(&tcp) => drop(tcp),
         Stream::Plain(tcp) => linger_after_reply(&proxy.linger, tcp),
         mut tls => tls.shutdown_write(),
+    }
+}
+
+/// Waits (within the socket's read timeout) until the client sends a byte or closes,
+/// leaving what arrived in the socket. A signal delivered to this thread is not the end
+/// of the wait.
+fn peek_blocking(tcp: &TcpStream) -> io::Result<usize> {
+    loop {
+        match tcp.peek(&mut [0u8; 1]) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
     }
 }
 

@@ -73,11 +73,24 @@ pub struct Config {
     pub ssl_private_key_file: Option<PathBuf>,
     pub ssl_upstream_ca_file: Option<PathBuf>,
     pub ssl_upstream_verify: bool,
+    /// SSL_AUTO_*: certificates from an ACME server (see `acme/`).
+    pub ssl_auto_enable: bool,
+    pub ssl_auto_domains: Vec<String>,
+    pub ssl_auto_directory_url: String,
+    pub ssl_auto_cache_dir: PathBuf,
+    pub ssl_auto_http_port: u16,
+    pub ssl_auto_ca_file: Option<PathBuf>,
     pub deferred_q_dir: Option<PathBuf>,
     pub deferred_q_fsync: FsyncPolicy,
     /// `None` = forever (`0`).
     pub deferred_q_max_age: Option<Duration>,
     pub max_request_body: u64,
+    /// Bytes of a request body kept in memory; the rest goes to an unlinked temporary
+    /// file in `client_body_temp_dir` (nginx's client_body_buffer_size).
+    pub client_body_buffer_size: usize,
+    pub client_body_temp_dir: PathBuf,
+    /// Bytes of queued request bodies an in-memory queue (no journal) may hold.
+    pub deferred_q_max_memory: u64,
     pub max_header_size: usize,
     pub max_headers: usize,
     pub client_header_timeout: Duration,
@@ -158,10 +171,19 @@ impl Config {
             ssl_private_key_file: None,
             ssl_upstream_ca_file: None,
             ssl_upstream_verify: true,
+            ssl_auto_enable: false,
+            ssl_auto_domains: Vec::new(),
+            ssl_auto_directory_url: LETS_ENCRYPT_DIRECTORY.to_string(),
+            ssl_auto_cache_dir: PathBuf::from("/opt/serviceq/acme"),
+            ssl_auto_http_port: 80,
+            ssl_auto_ca_file: None,
             deferred_q_dir: None,
             deferred_q_fsync: FsyncPolicy::Always,
             deferred_q_max_age: None,
             max_request_body: 10 * 1024 * 1024,
+            client_body_buffer_size: 64 * 1024,
+            client_body_temp_dir: std::env::temp_dir(),
+            deferred_q_max_memory: 64 * 1024 * 1024,
             max_header_size: 16 * 1024,
             max_headers: 100,
             client_header_timeout: Duration::from_secs(10),
@@ -188,6 +210,8 @@ impl Config {
 const CONCURRENCY_PEAK_MAX: u64 = 65_536;
 const MAX_HEADER_SIZE_BYTES_RANGE: (u64, u64) = (1024, 1_048_576);
 const MAX_HEADERS_RANGE: (u64, u64) = (1, 1000);
+/// 1 KiB to 64 MiB of a request body in memory.
+const CLIENT_BODY_BUFFER_RANGE: (u64, u64) = (1024, 64 * 1024 * 1024);
 /// About 31 years: beyond any sensible timeout, and small enough that adding it to an
 /// `Instant` can never overflow (which would panic).
 const SECONDS_MAX: u64 = 1_000_000_000;
@@ -223,12 +247,20 @@ const KEYS: &[&str] = &[
     "SSL_CERTIFICATE_FILE",
     "SSL_PRIVATE_KEY_FILE",
     "SSL_AUTO_ENABLE",
+    "SSL_AUTO_DOMAINS",
+    "SSL_AUTO_DIRECTORY_URL",
+    "SSL_AUTO_CACHE_DIR",
+    "SSL_AUTO_HTTP_PORT",
+    "SSL_AUTO_CA_FILE",
     "SSL_UPSTREAM_CA_FILE",
     "SSL_UPSTREAM_VERIFY",
     "DEFERRED_Q_DIR",
     "DEFERRED_Q_FSYNC",
     "DEFERRED_Q_MAX_AGE",
     "MAX_REQUEST_BODY",
+    "CLIENT_BODY_BUFFER_SIZE",
+    "CLIENT_BODY_TEMP_DIR",
+    "DEFERRED_Q_MAX_MEMORY",
     "MAX_HEADER_SIZE",
     "MAX_HEADERS",
     "CLIENT_HEADER_TIMEOUT",
@@ -621,7 +653,9 @@ impl Entries<'_> {
             &mut c.deferred_q_max_age,
             "DEFERRED_Q_MAX_AGE",
             parse_max_age,
-        )
+        )?;
+        let memory = &mut c.deferred_q_max_memory;
+        self.set(memory, "DEFERRED_Q_MAX_MEMORY", parse_bytes)
     }
 
     fn read_headers(&self, c: &mut Config) -> Result<(), ConfigError> {
@@ -641,6 +675,16 @@ impl Entries<'_> {
         let keep_alive = &mut c.keep_alive_timeout;
         self.set(keep_alive, "KEEP_ALIVE_TIMEOUT", parse_keep_alive_timeout)?;
         self.set(&mut c.max_request_body, "MAX_REQUEST_BODY", parse_bytes)?;
+        self.set(
+            &mut c.client_body_buffer_size,
+            "CLIENT_BODY_BUFFER_SIZE",
+            |v| parse_usize_in(v, CLIENT_BODY_BUFFER_RANGE),
+        )?;
+        self.set(
+            &mut c.client_body_temp_dir,
+            "CLIENT_BODY_TEMP_DIR",
+            parse_path,
+        )?;
         self.set(&mut c.max_header_size, "MAX_HEADER_SIZE", |v| {
             parse_usize_in(v, MAX_HEADER_SIZE_BYTES_RANGE)
         })?;
@@ -658,8 +702,8 @@ impl Entries<'_> {
     }
 
     fn read_tls(&self, c: &mut Config) -> Result<(), ConfigError> {
-        self.check("SSL_AUTO_ENABLE", parse_ssl_auto_enable)?;
         self.set(&mut c.ssl_enable, "SSL_ENABLE", parse_bool)?;
+        self.read_ssl_auto(c)?;
         let certificate = &mut c.ssl_certificate_file;
         self.set(certificate, "SSL_CERTIFICATE_FILE", parse_optional_path)?;
         let private_key = &mut c.ssl_private_key_file;
@@ -779,10 +823,34 @@ impl Entries<'_> {
         }
     }
 
-    /// `SSL_ENABLE=true` needs both files; whether they can be read is checked where they
-    /// are loaded, so that SIGHUP and start-up report it the same way.
+    fn read_ssl_auto(&self, c: &mut Config) -> Result<(), ConfigError> {
+        self.set(&mut c.ssl_auto_enable, "SSL_AUTO_ENABLE", parse_bool)?;
+        self.set(&mut c.ssl_auto_domains, "SSL_AUTO_DOMAINS", parse_domains)?;
+        let url = &mut c.ssl_auto_directory_url;
+        self.set(url, "SSL_AUTO_DIRECTORY_URL", parse_https_url)?;
+        self.set(&mut c.ssl_auto_cache_dir, "SSL_AUTO_CACHE_DIR", parse_path)?;
+        self.set(&mut c.ssl_auto_http_port, "SSL_AUTO_HTTP_PORT", parse_port)?;
+        let ca = &mut c.ssl_auto_ca_file;
+        self.set(ca, "SSL_AUTO_CA_FILE", parse_optional_path)?;
+        if !c.ssl_auto_enable {
+            return Ok(());
+        }
+        if !c.ssl_enable {
+            let why = "needs SSL_ENABLE=true (the certificates are for the TLS listener)";
+            return Err(self.error("SSL_AUTO_ENABLE", why));
+        }
+        if c.ssl_auto_domains.is_empty() {
+            let why = "missing (required when SSL_AUTO_ENABLE=true)";
+            return Err(self.error("SSL_AUTO_DOMAINS", why));
+        }
+        Ok(())
+    }
+
+    /// `SSL_ENABLE=true` needs both files (unless ACME provides them); whether they can
+    /// be read is checked where they are loaded, so that SIGHUP and start-up report it
+    /// the same way.
     fn check_tls_files(&self, config: &Config) -> Result<(), ConfigError> {
-        if !config.ssl_enable {
+        if !config.ssl_enable || config.ssl_auto_enable {
             return Ok(());
         }
         let files = [
@@ -878,13 +946,39 @@ fn parse_proto(value: &str) -> Result<(), String> {
     }
 }
 
-fn parse_ssl_auto_enable(value: &str) -> Result<(), String> {
-    const UNSUPPORTED: &str = "automatic certificates are not supported; set SSL_ENABLE=true \
-                               with SSL_CERTIFICATE_FILE and SSL_PRIVATE_KEY_FILE instead";
-    if parse_bool(value)? {
-        return Err(UNSUPPORTED.to_string());
+/// Let's Encrypt's production ACME directory: SSL_AUTO_DIRECTORY_URL's default.
+pub const LETS_ENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// Comma-separated DNS names (no wildcards: HTTP-01 cannot validate them).
+fn parse_domains(value: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let valid = name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            let what = "comma-separated DNS names such as example.com,www.example.com \
+                        (no wildcards: the HTTP-01 challenge cannot prove them)";
+            return Err(expected(what, name));
+        }
+        out.push(name.to_ascii_lowercase());
     }
-    Ok(())
+    Ok(out)
+}
+
+fn parse_https_url(value: &str) -> Result<String, String> {
+    let rest = value.strip_prefix("https://").unwrap_or("");
+    if rest.is_empty() || rest.contains(char::is_whitespace) {
+        return Err(expected("an https:// URL", value));
+    }
+    Ok(value.to_string())
 }
 
 fn parse_concurrency_peak(value: &str) -> Result<usize, String> {
@@ -1303,6 +1397,16 @@ mod tests {
         );
         assert_values!("MAX_HEADERS", max_headers, [("1", 1), ("1000", 1000)]);
         assert_values!(
+            "CLIENT_BODY_BUFFER_SIZE",
+            client_body_buffer_size,
+            [("1024", 1024), ("65536", 65536), ("67108864", 64 << 20)]
+        );
+        assert_values!(
+            "DEFERRED_Q_MAX_MEMORY",
+            deferred_q_max_memory,
+            [("0", 0), ("1048576", 1 << 20)]
+        );
+        assert_values!(
             "DEFERRED_Q_FSYNC",
             deferred_q_fsync,
             [
@@ -1333,6 +1437,14 @@ mod tests {
         assert!(config_with("SSL_UPSTREAM_VERIFY=true").ssl_upstream_verify);
         config_with("SSL_AUTO_ENABLE=false");
         config_with("SSL_AUTO_ENABLE=0");
+        let auto =
+            config_with("SSL_ENABLE=true\nSSL_AUTO_ENABLE=true\nSSL_AUTO_DOMAINS=A.test, b.test");
+        assert!(auto.ssl_auto_enable && auto.ssl_certificate_file.is_none());
+        assert_eq!(auto.ssl_auto_domains, ["a.test", "b.test"]);
+        assert_eq!(auto.ssl_auto_directory_url, LETS_ENCRYPT_DIRECTORY);
+        assert_eq!(auto.ssl_auto_http_port, 80);
+        let e = parse_err(&format!("{BASE}SSL_ENABLE=true\nSSL_AUTO_ENABLE=true\n"));
+        assert!(e.to_string().contains("SSL_AUTO_DOMAINS: missing"), "{e}");
     }
 
     #[test]
@@ -1433,26 +1545,44 @@ mod tests {
 
     /// (line 3, substring of the Display); the error must sit on line 3 and name the key.
     const INVALID: &[(&str, &str)] = &[
-        ("LISTENER_PORT=65536", "expected a port from 0 to 65535, got \"65536\""),
+        (
+            "LISTENER_PORT=65536",
+            "expected a port from 0 to 65535, got \"65536\"",
+        ),
         ("LISTENER_PORT=-1", "got \"-1\""),
         ("LISTENER_PORT=+80", "got \"+80\""),
         ("LISTENER_PORT=", "got \"\""),
         ("LISTENER_PORT=80 80", "got \"80 80\""),
         ("ADMIN_PORT=99999", "expected a port"),
+        ("CLIENT_BODY_BUFFER_SIZE=1023", "an integer from 1024 to 67108864"),
+        ("CLIENT_BODY_TEMP_DIR=", "expected a file path"),
+        ("DEFERRED_Q_MAX_MEMORY=-1", "a number of bytes"),
         ("LISTENER_ADDRESS=localhost", "expected an IP address"),
         ("LISTENER_ADDRESS=[::]", "expected an IP address"),
         ("ADMIN_ADDRESS=1.2.3", "expected an IP address"),
         ("PROTO=https", "expected \"http\""),
         ("PROTO=tcp", "got \"tcp\""),
-        ("CONCURRENCY_PEAK=lots", "expected a positive integer, got \"lots\""),
-        ("CONCURRENCY_PEAK=0", "expected a positive integer, got \"0\""),
+        (
+            "CONCURRENCY_PEAK=lots",
+            "expected a positive integer, got \"lots\"",
+        ),
+        (
+            "CONCURRENCY_PEAK=0",
+            "expected a positive integer, got \"0\"",
+        ),
         ("CONCURRENCY_PEAK=65537", "at most 65536, got \"65537\""),
-        ("CONCURRENCY_PEAK=99999999999999999999999", "expected a positive integer"),
+        (
+            "CONCURRENCY_PEAK=99999999999999999999999",
+            "expected a positive integer",
+        ),
         ("CONCURRENCY_PEAK=1e3", "got \"1e3\""),
         ("CONCURRENCY_PEAK=", "got \"\""),
         ("OUTGOING_REQUEST_TIMEOUT=0", "greater than 0"),
         ("OUTGOING_REQUEST_TIMEOUT=5s", "got \"5s\""),
-        ("OUTGOING_REQUEST_TIMEOUT=-2", "or -1 for no timeout, got \"-2\""),
+        (
+            "OUTGOING_REQUEST_TIMEOUT=-2",
+            "or -1 for no timeout, got \"-2\"",
+        ),
         ("OUTGOING_REQUEST_TIMEOUT=-1.0", "got \"-1.0\""),
         ("OUTGOING_REQUEST_TIMEOUT=", "got \"\""),
         ("RETRY_GAP=-1", "got \"-1\""),
@@ -1468,34 +1598,72 @@ mod tests {
         ("MAX_RETRIES=2.5", "expected a positive integer"),
         ("KEEP_ALIVE_TIMEOUT=-5", "or -1 for no limit, got \"-5\""),
         ("KEEP_ALIVE_TIMEOUT=forever", "got \"forever\""),
-        ("ENABLE_DEFERRED_Q=yes", "expected true or false, got \"yes\""),
+        (
+            "ENABLE_DEFERRED_Q=yes",
+            "expected true or false, got \"yes\"",
+        ),
         ("ENABLE_UPFRONT_Q=2", "expected true or false"),
         ("ENABLE_UPFRONT_Q=", "expected true or false, got \"\""),
         ("SSL_ENABLE=on", "expected true or false"),
         ("SSL_UPSTREAM_VERIFY=no", "expected true or false"),
         ("SSL_AUTO_ENABLE=maybe", "expected true or false"),
-        ("SSL_AUTO_ENABLE=true", "automatic certificates are not supported; set SSL_ENABLE=true with SSL_CERTIFICATE_FILE and SSL_PRIVATE_KEY_FILE instead"),
+        (
+            "SSL_AUTO_ENABLE=true",
+            "needs SSL_ENABLE=true (the certificates are for the TLS listener)",
+        ),
+        ("SSL_AUTO_DOMAINS=*.example.com", "no wildcards"),
+        (
+            "SSL_AUTO_DIRECTORY_URL=http://acme.test/dir",
+            "expected an https:// URL",
+        ),
         ("DEFERRED_Q_REQUEST_FORMATS=post", "malformed rule \"post\""),
         ("DEFERRED_Q_REQUEST_FORMATS=POST,,PUT", "empty rule #2"),
         ("DEFERRED_Q_REQUEST_FORMATS=", "empty rule #1"),
-        ("DEFERRED_Q_REQUEST_FORMATS=FOO BAR BAZ QUX", "malformed rule \"FOO BAR BAZ QUX\": expected METHOD [ROUTE] [!]"),
-        ("DEFERRED_Q_FSYNC=sometimes", "expected always, interval or never, got \"sometimes\""),
+        (
+            "DEFERRED_Q_REQUEST_FORMATS=FOO BAR BAZ QUX",
+            "malformed rule \"FOO BAR BAZ QUX\": expected METHOD [ROUTE] [!]",
+        ),
+        (
+            "DEFERRED_Q_FSYNC=sometimes",
+            "expected always, interval or never, got \"sometimes\"",
+        ),
         ("DEFERRED_Q_MAX_AGE=-1", "got \"-1\""),
         ("DEFERRED_Q_MAX_AGE=1h", "got \"1h\""),
-        ("MAX_REQUEST_BODY=10MB", "expected a number of bytes (0 or more), got \"10MB\""),
+        (
+            "MAX_REQUEST_BODY=10MB",
+            "expected a number of bytes (0 or more), got \"10MB\"",
+        ),
         ("MAX_REQUEST_BODY=-1", "got \"-1\""),
-        ("MAX_HEADER_SIZE=1023", "expected an integer from 1024 to 1048576, got \"1023\""),
+        (
+            "MAX_HEADER_SIZE=1023",
+            "expected an integer from 1024 to 1048576, got \"1023\"",
+        ),
         ("MAX_HEADER_SIZE=1048577", "from 1024 to 1048576"),
-        ("MAX_HEADERS=0", "expected an integer from 1 to 1000, got \"0\""),
+        (
+            "MAX_HEADERS=0",
+            "expected an integer from 1 to 1000, got \"0\"",
+        ),
         ("MAX_HEADERS=1001", "from 1 to 1000"),
-        ("CLIENT_HEADER_TIMEOUT=0", "expected seconds greater than 0, e.g. 10 or 0.5, got \"0\""),
+        (
+            "CLIENT_HEADER_TIMEOUT=0",
+            "expected seconds greater than 0, e.g. 10 or 0.5, got \"0\"",
+        ),
         ("CLIENT_HEADER_TIMEOUT=-1", "got \"-1\""),
         ("CLIENT_BODY_TIMEOUT=0.0", "greater than 0"),
         ("SHUTDOWN_GRACE=-1", "got \"-1\""),
         ("ERROR_LOG_FILE=", "expected a file path, got \"\""),
-        ("ENDPOINTS=", "expected a comma-separated list of scheme://host[:port], got \"\""),
-        ("CUSTOM_RESPONSE_HEADERS=X-A", "header \"X-A\": expected Name: value"),
-        ("CUSTOM_REQUEST_HEADERS=Server", "header \"Server\": expected Name: value"),
+        (
+            "ENDPOINTS=",
+            "expected a comma-separated list of scheme://host[:port], got \"\"",
+        ),
+        (
+            "CUSTOM_RESPONSE_HEADERS=X-A",
+            "header \"X-A\": expected Name: value",
+        ),
+        (
+            "CUSTOM_REQUEST_HEADERS=Server",
+            "header \"Server\": expected Name: value",
+        ),
     ];
 
     #[test]
@@ -2044,8 +2212,10 @@ mod tests {
     /// unset by default show an example value instead and are skipped.
     #[test]
     fn example_commented_defaults_match_the_code() {
-        const UNSET_BY_DEFAULT: [&str; 5] = [
+        const UNSET_BY_DEFAULT: [&str; 7] = [
             "SSL_CERTIFICATE_FILE",
+            "SSL_AUTO_DOMAINS",
+            "SSL_AUTO_CA_FILE",
             "SSL_PRIVATE_KEY_FILE",
             "SSL_UPSTREAM_CA_FILE",
             "DEFERRED_Q_DIR",

@@ -9,8 +9,10 @@
 #![forbid(unsafe_code)]
 
 pub mod accesslog;
+pub mod acme;
 pub mod admin;
 pub mod balancer;
+pub mod body;
 pub mod buffer;
 pub mod config;
 pub mod conn;

@@ -13,12 +13,12 @@ use std::sync::Arc;
 use log::LevelFilter;
 
 use serviceq::accesslog::AccessLog;
+use serviceq::acme;
 use serviceq::config::FsyncPolicy;
 use serviceq::config::{self, Config, ConfigError};
 use serviceq::journal::{Fsync, Journal, JournalOptions};
 use serviceq::logging::{self, ErrorLog};
 use serviceq::proxy::{Durable, Logs, Proxy, TlsSetup};
-use serviceq::queue::QueuedRequest;
 use serviceq::server::{self, RunError};
 use serviceq::tls;
 
@@ -72,9 +72,11 @@ fn run() -> Result<(), String> {
         eprintln!("serviceq: warning: {w}");
     }
     check_body_fits_journal(&cfg)?;
+    check_body_temp_dir(&cfg)?;
     let tls = TlsSetup {
-        acceptor: tls::listener_acceptor(&cfg)
-            .map_err(|e| startup_error(&cfg, e.key, e.message))?,
+        acceptor: tls::ListenerTls::from_config(&cfg)
+            .map_err(|e| startup_error(&cfg, e.key, e.message))?
+            .map(Arc::new),
         connector: tls::upstream_connector(&cfg)
             .map_err(|e| startup_error(&cfg, e.key, e.message))?,
     };
@@ -98,6 +100,7 @@ fn run() -> Result<(), String> {
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let durable = open_journal(&cfg)?;
     let admin = bind_admin(&cfg)?;
+    start_acme(&cfg, tls.acceptor.as_ref(), port)?;
     let (proxy, replay) = Proxy::new(cfg, logs, port, tls, durable).map_err(|e| e.to_string())?;
     let source = proxy.settings().cfg.source.clone();
     server::run(listener, admin, Arc::new(proxy), replay).map_err(|e| match e {
@@ -118,6 +121,22 @@ fn run() -> Result<(), String> {
         .to_string(),
         RunError::Io(err) => format!("{}: {err}", source.display()),
     })
+}
+
+/// SSL_AUTO_ENABLE: binds the HTTP-01 port and starts the certificate manager.
+fn start_acme(
+    cfg: &Config,
+    tls: Option<&Arc<tls::ListenerTls>>,
+    https_port: u16,
+) -> Result<(), String> {
+    let Some(tls) = tls else { return Ok(()) };
+    let bound = acme::bind(cfg).map_err(|e| startup_error(cfg, "SSL_AUTO_HTTP_PORT", e))?;
+    let Some(listener) = bound else {
+        return Ok(());
+    };
+    let settings =
+        acme::Settings::from_config(cfg).map_err(|e| startup_error(cfg, "SSL_AUTO_CA_FILE", e))?;
+    acme::start(settings, listener, Arc::clone(tls), https_port).map_err(|e| e.to_string())
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
@@ -197,16 +216,9 @@ fn open_journal(cfg: &Config) -> Result<Durable, String> {
     for w in warnings {
         log::warn!("queue journal: {w}");
     }
-    let mut recovered = Vec::with_capacity(records.len());
-    for rec in &records {
-        match QueuedRequest::decode(rec) {
-            Ok(req) => recovered.push(req),
-            Err(why) => {
-                log::warn!("queue journal: record {} skipped: {why}", rec.seq);
-                let _ = journal.ack(rec.seq);
-            }
-        }
-    }
+    // Only the order is read now; each payload is read back (and checked) when it is
+    // delivered, so recovery takes no memory per byte queued.
+    let recovered = records;
     log::info!(
         "queue journal {}: {} requests recovered",
         dir.display(),
@@ -236,6 +248,20 @@ fn check_body_fits_journal(cfg: &Config) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Request bodies past CLIENT_BODY_BUFFER_SIZE spill into CLIENT_BODY_TEMP_DIR: a
+/// directory that cannot take a file would fail every large upload, so it fails the
+/// start instead.
+fn check_body_temp_dir(cfg: &Config) -> Result<(), String> {
+    let dir = &cfg.client_body_temp_dir;
+    serviceq::body::check_temp_dir(dir).map_err(|e| {
+        startup_error(
+            cfg,
+            "CLIENT_BODY_TEMP_DIR",
+            format!("cannot create a temporary file in {}: {e}", dir.display()),
+        )
+    })
 }
 
 /// `--check` cannot open the journal (a running instance holds its lock), so it checks

@@ -6,7 +6,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use native_tls::{TlsAcceptor, TlsConnector};
+use native_tls::TlsConnector;
 
 use rand::rngs::SmallRng;
 
@@ -16,10 +16,11 @@ use crate::buffer::IoBuf;
 use crate::config::Config;
 use crate::error::{AttemptError, Reply};
 use crate::http::ResponseHead;
-use crate::journal::Journal;
+use crate::journal::{Journal, Pending};
 use crate::linger::Lingerer;
 use crate::logging::ErrorLog;
-use crate::queue::{self, Queue, QueuedRequest, Replay};
+use crate::queue::{self, Queue, Replay};
+use crate::tls::ListenerTls;
 use crate::upstream::{Exchange, Held, OutgoingRequest, Upstreams};
 use crate::wakeup::Wakeup;
 
@@ -136,6 +137,8 @@ pub struct Settings {
     pub upstreams: Upstreams,
     pub response_headers: CustomHeaders,
     pub request_headers: CustomHeaders,
+    /// Where request bodies beyond CLIENT_BODY_BUFFER_SIZE go.
+    spill: crate::body::Spill,
 }
 
 impl Settings {
@@ -153,6 +156,10 @@ impl Settings {
             upstreams,
             response_headers: CustomHeaders::new(&cfg.custom_response_headers),
             request_headers: CustomHeaders::new(&cfg.custom_request_headers),
+            spill: crate::body::Spill {
+                memory_bytes: cfg.client_body_buffer_size,
+                dir: cfg.client_body_temp_dir.clone(),
+            },
             cfg,
         }
     }
@@ -192,7 +199,11 @@ impl Settings {
                 Err(e) => {
                     up.record_failure(e.log_code());
                     errlog.record(&up.label, e.log_code());
-                    log::debug!("{} attempt on {}: {e}", req.method, up.label);
+                    log::debug!(
+                        "{} attempt on {}: {e}",
+                        crate::logging::escaped(req.method),
+                        up.label
+                    );
                     // An upgrade is retried only if it never reached the endpoint.
                     let sent = !matches!(e, AttemptError::Connect(_));
                     last = Some(e);
@@ -228,6 +239,11 @@ impl Settings {
         out
     }
 
+    /// Where request bodies beyond CLIENT_BODY_BUFFER_SIZE go.
+    pub fn body_spill(&self) -> &crate::body::Spill {
+        &self.spill
+    }
+
     /// Whether a request may wait in the queue (SPEC §5).
     pub fn is_queueable(&self, method: &str, target: &str) -> bool {
         (self.cfg.enable_deferred_q || self.cfg.enable_upfront_q)
@@ -250,8 +266,8 @@ pub struct Proxy {
     /// `X-Forwarded-Proto` as seen by clients.
     pub forwarded_proto: &'static str,
     pub queue: Queue,
-    /// The listener's TLS acceptor when SSL_ENABLE=true.
-    pub tls: Option<TlsAcceptor>,
+    /// The listener's TLS when SSL_ENABLE=true (its certificate swapped by SIGHUP/ACME).
+    pub tls: Option<Arc<ListenerTls>>,
     /// CONCURRENCY_PEAK: fixed for the life of the process (it sizes the worker pool).
     peak: usize,
     /// Cuts the replay thread's pause short when a health check sees an endpoint back.
@@ -265,7 +281,8 @@ pub struct Proxy {
 #[derive(Default)]
 pub struct Durable {
     pub journal: Option<Arc<Journal>>,
-    pub recovered: Vec<QueuedRequest>,
+    /// The requests it still held, in order (their payloads stay on disk).
+    pub recovered: Vec<Pending>,
 }
 
 /// The log files, opened at start-up.
@@ -276,7 +293,7 @@ pub struct Logs {
 
 /// TLS for both sides, checked at start-up by `tls.rs`.
 pub struct TlsSetup {
-    pub acceptor: Option<TlsAcceptor>,
+    pub acceptor: Option<Arc<ListenerTls>>,
     pub connector: Option<TlsConnector>,
 }
 
@@ -290,9 +307,9 @@ impl Proxy {
         durable: Durable,
     ) -> io::Result<(Self, Replay)> {
         let (queue, replay) = queue::channel(
-            cfg.concurrency_peak,
             durable.journal,
             durable.recovered,
+            cfg.deferred_q_max_memory,
             cfg.deferred_q_max_age,
         );
         let proxy = Proxy {
@@ -342,6 +359,11 @@ impl Proxy {
         let connector = crate::tls::upstream_connector(&cfg)
             .map_err(|e| format!("{}: {}: {}", cfg.source.display(), e.key, e.message))?;
         notes.extend(restart_needed(&current.cfg, &cfg));
+        // Last, as the one step that swaps something in place: nothing after it fails.
+        if let Some(tls) = &self.tls {
+            tls.reload(&cfg)
+                .map_err(|e| format!("{}: {}: {}", cfg.source.display(), e.key, e.message))?;
+        }
         let fresh = Settings::new(cfg, connector, Some(&current));
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -379,15 +401,35 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         ),
         ("SSL_ENABLE", old.ssl_enable != new.ssl_enable),
         (
-            "SSL_CERTIFICATE_FILE",
-            old.ssl_certificate_file != new.ssl_certificate_file,
+            "SSL_AUTO_ENABLE",
+            old.ssl_auto_enable != new.ssl_auto_enable,
         ),
         (
-            "SSL_PRIVATE_KEY_FILE",
-            old.ssl_private_key_file != new.ssl_private_key_file,
+            "SSL_AUTO_DOMAINS",
+            old.ssl_auto_domains != new.ssl_auto_domains,
+        ),
+        (
+            "SSL_AUTO_DIRECTORY_URL",
+            old.ssl_auto_directory_url != new.ssl_auto_directory_url,
+        ),
+        (
+            "SSL_AUTO_CACHE_DIR",
+            old.ssl_auto_cache_dir != new.ssl_auto_cache_dir,
+        ),
+        (
+            "SSL_AUTO_HTTP_PORT",
+            old.ssl_auto_http_port != new.ssl_auto_http_port,
+        ),
+        (
+            "SSL_AUTO_CA_FILE",
+            old.ssl_auto_ca_file != new.ssl_auto_ca_file,
         ),
         ("ERROR_LOG_FILE", old.error_log_file != new.error_log_file),
         ("DEFERRED_Q_DIR", old.deferred_q_dir != new.deferred_q_dir),
+        (
+            "DEFERRED_Q_MAX_MEMORY",
+            old.deferred_q_max_memory != new.deferred_q_max_memory,
+        ),
         (
             "DEFERRED_Q_FSYNC",
             old.deferred_q_fsync != new.deferred_q_fsync,

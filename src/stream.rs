@@ -3,13 +3,57 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use native_tls::TlsStream;
+use openssl::ssl::SslStream;
 
 pub enum Stream {
     Plain(TcpStream),
+    /// To an `https://` endpoint (native-tls).
     Tls(Box<TlsStream<TcpStream>>),
+    /// A client of the TLS listener (the `openssl` crate, see `tls.rs`).
+    Served(Box<SslStream<Deadlined>>),
+}
+
+/// A TCP socket under a listener's TLS session. While `deadline` is set (the
+/// handshake), every read and write first shrinks the socket's timeout to the time left,
+/// so a peer that dribbles a byte at a time cannot stretch the phase: OpenSSL loops on
+/// reads inside one handshake call, where no caller could re-arm a timeout.
+pub struct Deadlined {
+    pub tcp: TcpStream,
+    pub deadline: Option<Instant>,
+}
+
+impl Deadlined {
+    fn arm(&self, set: fn(&TcpStream, Option<Duration>) -> io::Result<()>) -> io::Result<()> {
+        let Some(deadline) = self.deadline else {
+            return Ok(());
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        set(&self.tcp, Some(left))
+    }
+}
+
+impl Read for Deadlined {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arm(TcpStream::set_read_timeout)?;
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Deadlined {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.arm(TcpStream::set_write_timeout)?;
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
 }
 
 impl Stream {
@@ -18,6 +62,7 @@ impl Stream {
         match self {
             Stream::Plain(s) => s,
             Stream::Tls(s) => s.get_ref(),
+            Stream::Served(s) => &s.get_ref().tcp,
         }
     }
 
@@ -31,14 +76,20 @@ impl Stream {
 
     /// Ends our sending side. On TLS a close_notify goes first, best effort.
     pub fn shutdown_write(&mut self) {
-        if let Stream::Tls(s) = self {
-            let _ = s.shutdown();
+        match self {
+            Stream::Plain(_) => {}
+            Stream::Tls(s) => {
+                let _ = s.shutdown();
+            }
+            Stream::Served(s) => {
+                let _ = s.shutdown();
+            }
         }
         let _ = self.tcp().shutdown(Shutdown::Write);
     }
 
     pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::Tls(_))
+        !matches!(self, Stream::Plain(_))
     }
 }
 
@@ -47,6 +98,7 @@ impl Read for Stream {
         match self {
             Stream::Plain(s) => s.read(buf),
             Stream::Tls(s) => s.read(buf),
+            Stream::Served(s) => s.read(buf),
         }
     }
 }
@@ -56,6 +108,7 @@ impl Write for Stream {
         match self {
             Stream::Plain(s) => s.write(buf),
             Stream::Tls(s) => s.write(buf),
+            Stream::Served(s) => s.write(buf),
         }
     }
 
@@ -63,6 +116,7 @@ impl Write for Stream {
         match self {
             Stream::Plain(s) => s.write_vectored(bufs),
             Stream::Tls(s) => s.write_vectored(bufs),
+            Stream::Served(s) => s.write_vectored(bufs),
         }
     }
 
@@ -70,6 +124,7 @@ impl Write for Stream {
         match self {
             Stream::Plain(s) => s.flush(),
             Stream::Tls(s) => s.flush(),
+            Stream::Served(s) => s.flush(),
         }
     }
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use native_tls::TlsConnector;
 
+use crate::body::Body;
 use crate::buffer::IoBuf;
 use crate::config::{Endpoint, Scheme};
 use crate::error::{AttemptError, LogCode};
@@ -172,7 +173,8 @@ pub struct OutgoingRequest<'a> {
     pub method: &'a str,
     pub request_line: &'a [u8],
     pub headers: &'a [u8],
-    pub body: &'a [u8],
+    /// In memory, or partly in a temporary file, which is streamed after the rest.
+    pub body: &'a Body,
     /// It offers to switch protocols (`tunnel::offered_upgrade`): a 101 is its answer.
     pub upgrade: bool,
 }
@@ -272,13 +274,21 @@ impl Upstreams {
         head: &mut ResponseHead,
     ) -> Result<Exchange, Failure> {
         buf.clear();
-        write_all_vectored(
+        let sent = write_all_vectored(
             &mut conn,
-            &[req.request_line, &up.host_line, req.headers, req.body],
+            &[
+                req.request_line,
+                &up.host_line,
+                req.headers,
+                req.body.memory(),
+            ],
         )
-        .and_then(|()| conn.flush())
-        .map_err(Failure::stale_or_lost)?;
-        read_response_head(&mut conn, buf, req, head)?;
+        .and_then(|()| req.body.write_file_part(&mut conn))
+        .and_then(|()| conn.flush());
+        match sent {
+            Ok(()) => read_response_head(&mut conn, buf, req, head)?,
+            Err(e) => read_early_response(&mut conn, buf, req, head, e)?,
+        }
         let head = std::mem::replace(head, ResponseHead::empty());
         Ok(Exchange { conn, head })
     }
@@ -390,16 +400,16 @@ fn is_quiet(conn: &mut Stream) -> bool {
         // A non-blocking read through TLS: OpenSSL consumes what is not application data
         // (TLS 1.3 session tickets, sent after the handshake) and reports WouldBlock;
         // application bytes or a close mean the connection is spent.
-        Stream::Tls(tls) => {
-            if tls.get_ref().set_nonblocking(true).is_err() {
+        tls => {
+            if tls.tcp().set_nonblocking(true).is_err() {
                 return false;
             }
             let mut probe = [0u8; 1];
             let quiet = matches!(
-                io::Read::read(tls.as_mut(), &mut probe),
+                io::Read::read(tls, &mut probe),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock
             );
-            tls.get_ref().set_nonblocking(false).is_ok() && quiet
+            tls.tcp().set_nonblocking(false).is_ok() && quiet
         }
     }
 }
@@ -464,6 +474,37 @@ fn read_response_head(
             Err(e) if !received_any => return Err(Failure::stale_or_lost(e)),
             Err(e) => return Err(AttemptError::from_read(e).into()),
         }
+    }
+}
+
+/// After a failed write: an endpoint may answer before it has read the whole request
+/// (a 413 for a body it will not take) and close, which makes our write fail (RFC 9112
+/// §9.5: a client must still read that response). A final response already received
+/// is a complete exchange and is relayed; its connection is not reused, since the
+/// request was cut short. Without one, the write error decides, as before: a closed
+/// pooled connection (redialled) or a lost attempt. Reading cannot wait long: the write
+/// failed because the connection is closed or reset, so the kernel answers at once.
+fn read_early_response(
+    conn: &mut Stream,
+    buf: &mut IoBuf,
+    req: &OutgoingRequest<'_>,
+    head: &mut ResponseHead,
+    write_error: io::Error,
+) -> Result<(), Failure> {
+    if crate::error::is_timeout(&write_error) {
+        return Err(Failure::Attempt(AttemptError::Timeout));
+    }
+    // A request cut short switches nothing: a 101 here is not relayed as one.
+    let cut_short = OutgoingRequest {
+        upgrade: false,
+        ..*req
+    };
+    match read_response_head(conn, buf, &cut_short, head) {
+        Ok(()) => {
+            head.keep_alive = false;
+            Ok(())
+        }
+        Err(_) => Err(Failure::stale_or_lost(write_error)),
     }
 }
 

@@ -1554,7 +1554,10 @@ mod tests {
         ("LISTENER_PORT=", "got \"\""),
         ("LISTENER_PORT=80 80", "got \"80 80\""),
         ("ADMIN_PORT=99999", "expected a port"),
-        ("CLIENT_BODY_BUFFER_SIZE=1023", "an integer from 1024 to 67108864"),
+        (
+            "CLIENT_BODY_BUFFER_SIZE=1023",
+            "an integer from 1024 to 67108864",
+        ),
         ("CLIENT_BODY_TEMP_DIR=", "expected a file path"),
         ("DEFERRED_Q_MAX_MEMORY=-1", "a number of bytes"),
         ("LISTENER_ADDRESS=localhost", "expected an IP address"),

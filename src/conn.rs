@@ -581,7 +581,7 @@ impl Worker {
                     "{} {} (X-Request-Id {}) not queued: {e}",
                     escaped(&head.method),
                     escaped(&head.target),
-                    self.outcome.request_id
+                    escaped(&self.outcome.request_id)
                 );
                 (self.reply(client, head, unqueued), Hold::Released)
             }

@@ -80,9 +80,9 @@ impl Replay {
                     self.backend.ack(head);
                     log::info!(
                         "replayed {} {} (X-Request-Id {}): {status} from {endpoint} after {:.1?} queued; {} left",
-                        req.method,
+                        escaped(&req.method),
                         escaped(&req.target),
-                        req.request_id,
+                        escaped(&req.request_id),
                         req.queued_at.elapsed(),
                         self.backend.depth()
                     );
@@ -91,7 +91,7 @@ impl Replay {
                 Err(e) => {
                     log::warn!(
                         "replay of {} {} failed ({e}); next try in {pause:?}",
-                        req.method,
+                        escaped(&req.method),
                         escaped(&req.target)
                     );
                     if proxy.stopping() {

@@ -495,7 +495,12 @@ fn read_early_response(
     if crate::error::is_timeout(&write_error) {
         return Err(Failure::Attempt(AttemptError::Timeout));
     }
-    match read_response_head(conn, buf, req, head) {
+    // A request cut short switches nothing: a 101 here is not relayed as one.
+    let cut_short = OutgoingRequest {
+        upgrade: false,
+        ..*req
+    };
+    match read_response_head(conn, buf, &cut_short, head) {
         Ok(()) => {
             head.keep_alive = false;
             Ok(())

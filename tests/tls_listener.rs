@@ -344,3 +344,30 @@ fn sighup_swaps_the_certificate_and_keeps_open_connections() {
     );
     assert_eq!(served_cert(&tls_connect(&sq)), der_of(&new_cert));
 }
+
+/// Two requests in one TLS write (one record): OpenSSL reads ahead, and the second
+/// request must still be answered from what it buffered, not wait on the socket.
+#[test]
+fn pipelined_requests_in_one_record_are_both_answered() {
+    if !have_openssl() {
+        return;
+    }
+    let dir = TempDir::new("tls");
+    let u = Upstream::start(Behaviour::Ok);
+    let (sq, _cert) = start_tls(&u, dir.path());
+    let mut tls = tls_connect(&sq);
+    let two = "GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n";
+    tls.write_all(two.as_bytes()).expect("write");
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.matches("HTTP/1.1 200").count() < 2 && Instant::now() < deadline {
+        match tls.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    assert_eq!(got.matches("HTTP/1.1 200").count(), 2, "{got}");
+    let targets: Vec<String> = u.requests().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(targets, ["/1", "/2"]);
+}

@@ -143,17 +143,17 @@ fn write_coalesced(w: &mut impl Write, bufs: &[io::IoSlice<'_>]) -> io::Result<u
     if first.len() >= TLS_RECORD_BYTES || bufs.iter().filter(|b| !b.is_empty()).count() == 1 {
         return w.write(first);
     }
-    let mut record = [0u8; TLS_RECORD_BYTES];
-    let mut n = 0;
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    // Sized to what is sent (one small allocation), not a zeroed 16 KiB array.
+    let mut record = Vec::with_capacity(total.min(TLS_RECORD_BYTES));
     for part in std::iter::once(first).chain(parts) {
-        let take = part.len().min(TLS_RECORD_BYTES - n);
-        record[n..n + take].copy_from_slice(&part[..take]);
-        n += take;
-        if n == TLS_RECORD_BYTES {
+        let take = part.len().min(TLS_RECORD_BYTES - record.len());
+        record.extend_from_slice(&part[..take]);
+        if record.len() == TLS_RECORD_BYTES {
             break;
         }
     }
-    w.write(&record[..n])
+    w.write(&record)
 }
 
 /// Bounds every blocking read and write on `tcp` by `limit` (`None`: no bound).

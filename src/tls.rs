@@ -365,7 +365,7 @@ fn check_key_format(key: &[u8], path: &Path) -> Result<(), TlsSetupError> {
             "{} holds {kind}; ServiceQ needs an unencrypted PEM key \
              (PKCS#8 \"BEGIN PRIVATE KEY\", PKCS#1 \"BEGIN RSA PRIVATE KEY\" or SEC1 \
              \"BEGIN EC PRIVATE KEY\"); decrypt it with: \
-             openssl pkey -in {} -out key.pem",
+             openssl pkey -in {} -out key-plain.pem",
             path.display(),
             path.display()
         ),

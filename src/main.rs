@@ -84,6 +84,9 @@ fn run() -> Result<(), String> {
         connector: tls::upstream_connector(&cfg)
             .map_err(|e| startup_error(&cfg, e.key, e.message))?,
     };
+    // Before --check returns, so that it reports a bad SSL_AUTO_CA_FILE too.
+    let acme = acme::Settings::from_config(&cfg)
+        .map_err(|e| startup_error(&cfg, "SSL_AUTO_CA_FILE", e))?;
     if args.check {
         check_journal_dir(&cfg)?;
         println!("{}", summary(&cfg));
@@ -104,7 +107,7 @@ fn run() -> Result<(), String> {
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let durable = open_journal(&cfg)?;
     let admin = bind_admin(&cfg)?;
-    start_acme(&cfg, tls.acceptor.as_ref(), port)?;
+    start_acme(&cfg, acme, tls.acceptor.as_ref(), port)?;
     let (proxy, replay) = Proxy::new(cfg, logs, port, tls, durable).map_err(|e| e.to_string())?;
     let source = proxy.settings().cfg.source.clone();
     start_threads(listener, admin, Arc::new(proxy), replay).map_err(|e| {
@@ -151,16 +154,14 @@ fn start_threads(
 /// SSL_AUTO_ENABLE: binds the HTTP-01 port and starts the certificate manager.
 fn start_acme(
     cfg: &Config,
+    settings: Option<acme::Settings>,
     tls: Option<&Arc<tls::ListenerTls>>,
     https_port: u16,
 ) -> Result<(), String> {
-    let Some(tls) = tls else { return Ok(()) };
-    let bound = acme::bind(cfg).map_err(|e| startup_error(cfg, "SSL_AUTO_HTTP_PORT", e))?;
-    let Some(listener) = bound else {
+    let (Some(settings), Some(tls)) = (settings, tls) else {
         return Ok(());
     };
-    let settings =
-        acme::Settings::from_config(cfg).map_err(|e| startup_error(cfg, "SSL_AUTO_CA_FILE", e))?;
+    let listener = acme::bind(cfg).map_err(|e| startup_error(cfg, "SSL_AUTO_HTTP_PORT", e))?;
     acme::start(settings, listener, Arc::clone(tls), https_port).map_err(|e| e.to_string())
 }
 

@@ -6,6 +6,8 @@
 //!
 //! Without pebble the tests skip, saying so; with `CI` set they fail.
 
+// Each test file uses part of the shared helpers: see tests/support/mod.rs.
+#[allow(dead_code)]
 mod support;
 
 use std::fs;

@@ -1,6 +1,8 @@
 //! Choosing an endpoint (SPEC §4): uniform spread over healthy endpoints, and failing
 //! endpoints losing their share of first attempts while clients keep getting 200s.
 
+// Each test file uses part of the shared helpers: see tests/support/mod.rs.
+#[allow(dead_code)]
 mod support;
 
 use std::net::SocketAddr;

@@ -2,6 +2,8 @@
 //! checks: each figure read from its own line, so a `+/- Stdev` column reading `99%` is
 //! never taken for the 99th percentile.
 
+// Each test file uses part of the shared helpers: see tests/support/mod.rs.
+#[allow(dead_code)]
 mod support;
 
 use std::process::Command;

@@ -3,6 +3,8 @@
 //! with `--check`; `--check`, `--version`, `--help`; warnings for unknown and repeated
 //! keys; SQ_CONFIG; value parsing rules.
 
+// Each test file uses part of the shared helpers: see tests/support/mod.rs.
+#[allow(dead_code)]
 mod support;
 
 use std::ffi::OsString;

@@ -8,6 +8,8 @@
 //! file names (`queue-NNNNNNNN.seg`, `dead-letter.log`) and on a request body appearing
 //! verbatim inside its record's payload.
 
+// Each test file uses part of the shared helpers: see tests/support/mod.rs.
+#[allow(dead_code)]
 mod support;
 
 use std::fs;

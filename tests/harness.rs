@@ -2,6 +2,8 @@
 //! upstream, stop/restart on the same port, and the log-line and `listening on` parsers.
 //! When these fail, the other suites' failures say nothing about ServiceQ.
 
+// Each test file uses part of the shared helpers: see tests/support/mod.rs.
+#[allow(dead_code)]
 mod support;
 
 use std::net::SocketAddr;

@@ -5,6 +5,8 @@
 //! out of its pause; SIGHUP applies changed check settings; https endpoints are checked
 //! over TLS. Short intervals (0.2 s) keep the suite quick.
 
+// Each test file uses part of the shared helpers: see tests/support/mod.rs.
+#[allow(dead_code)]
 mod support;
 
 use std::net::SocketAddr;

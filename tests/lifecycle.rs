@@ -1,5 +1,7 @@
 //! Signals (SPEC §10), the admin listener (§11) and the access log.
 
+// Each test file uses part of the shared helpers: see tests/support/mod.rs.
+#[allow(dead_code)]
 mod support;
 
 use std::fs;

@@ -2,6 +2,8 @@
 //! reclaiming idle keep-alive workers, malformed requests (400), oversized heads (431)
 //! and bodies (413), slow heads (408) and unsupported versions (505).
 
+// Each test file uses part of the shared helpers: see tests/support/mod.rs.
+#[allow(dead_code)]
 mod support;
 
 use std::time::Duration;

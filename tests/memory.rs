@@ -6,6 +6,8 @@
 //! generous bound (speed is measured by scripts/bench, not here), and every body that
 //! is delivered is checked byte for byte (CRC-32 and length) at the endpoint.
 
+// Each test file uses part of the shared helpers: see tests/support/mod.rs.
+#[allow(dead_code)]
 mod support;
 
 use std::collections::HashMap;

@@ -6,6 +6,8 @@
 //! (`make test` has built it already, so cargo finds it up to date). Each script cleans
 //! up after itself, also when `timeout` stops it (SIGTERM runs its trap).
 
+// Each test file uses part of the shared helpers: see tests/support/mod.rs.
+#[allow(dead_code)]
 mod support;
 
 use std::os::unix::process::CommandExt;

@@ -1,6 +1,8 @@
 //! Proxying (SPEC §3): headers in both directions, persistence, pipelining,
 //! 100-continue, HTTP/1.0 clients and upstream connection reuse.
 
+// Each test file uses part of the shared helpers: see tests/support/mod.rs.
+#[allow(dead_code)]
 mod support;
 
 use std::collections::HashSet;

@@ -2,6 +2,8 @@
 //! Buffered / 202 Request Queued, FIFO replay when the cluster comes back, queued
 //! requests counting against CONCURRENCY_PEAK, and the journal surviving a crash.
 
+// Each test file uses part of the shared helpers: see tests/support/mod.rs.
+#[allow(dead_code)]
 mod support;
 
 use std::time::Duration;

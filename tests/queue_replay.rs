@@ -6,6 +6,8 @@
 //!
 //! `tests/queue.rs` has the basic cases; these push on ordering, volume and timing.
 
+// Each test file uses part of the shared helpers: see tests/support/mod.rs.
+#[allow(dead_code)]
 mod support;
 
 use std::collections::HashSet;

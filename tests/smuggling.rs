@@ -11,6 +11,8 @@
 //! the slow clients (a head or body dribbled in must not hold a worker past its
 //! timeout, while other clients are served).
 
+// Each test file uses part of the shared helpers: see tests/support/mod.rs.
+#[allow(dead_code)]
 mod support;
 
 use std::io::{ErrorKind, Write};

@@ -3,6 +3,8 @@
 //! no buffered request lost, flat memory and threads, only 701/702 in the error log.
 //! The full soak (an hour) is `scripts/soak` on its own.
 
+// Each test file uses part of the shared helpers: see tests/support/mod.rs.
+#[allow(dead_code)]
 mod support;
 
 use std::io::Read;

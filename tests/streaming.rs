@@ -1,6 +1,8 @@
 //! Bodies (SPEC §3): chunked both ways, HEAD/204 without bodies, responses streamed as
 //! they arrive with bounded memory, and an upstream dying mid-response.
 
+// Each test file uses part of the shared helpers: see tests/support/mod.rs.
+#[allow(dead_code)]
 mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -5,6 +5,8 @@
 //! Certificates are made with the `openssl` CLI and the https endpoint is
 //! `openssl s_server -www`; the tests skip themselves when openssl is missing.
 
+// Each test file uses part of the shared helpers: see tests/support/mod.rs.
+#[allow(dead_code)]
 mod support;
 
 use std::time::Duration;

@@ -7,6 +7,8 @@
 //! Certificates come from the `openssl` CLI; the keep-alive client is the `openssl`
 //! crate, so the test sees which certificate each handshake got.
 
+// Each test file uses part of the shared helpers: see tests/support/mod.rs.
+#[allow(dead_code)]
 mod support;
 
 use std::fs;

@@ -7,6 +7,8 @@
 //! `openssl s_client`, the untrusted endpoint is `openssl s_server`; each test skips
 //! itself (saying so) when a tool is missing.
 
+// Each test file uses part of the shared helpers: see tests/support/mod.rs.
+#[allow(dead_code)]
 mod support;
 
 use std::fs;

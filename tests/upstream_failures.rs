@@ -1,6 +1,8 @@
 //! Failed attempts (SPEC §4, §6, §7): what counts as a failure, how many attempts are
 //! made, the response the client gets when all fail, and the exact error-log lines.
 
+// Each test file uses part of the shared helpers: see tests/support/mod.rs.
+#[allow(dead_code)]
 mod support;
 
 use std::time::{Duration, Instant};

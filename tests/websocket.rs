@@ -7,6 +7,8 @@
 //!
 //! Without `websockets` the Python tests skip with a reason, and fail when `CI` is set.
 
+// Each test file uses part of the shared helpers: see tests/support/mod.rs.
+#[allow(dead_code)]
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -91,21 +91,7 @@ pub struct Metrics {
     pub total_latency: Histogram,
 }
 
-pub static METRICS: Metrics = Metrics {
-    responses: [const { AtomicU64::new(0) }; 5],
-    replies: [const { AtomicU64::new(0) }; REPLIES.len()],
-    connections_total: AtomicU64::new(0),
-    connections_active: AtomicU64::new(0),
-    queued_total: AtomicU64::new(0),
-    replayed_total: AtomicU64::new(0),
-    dead_lettered_total: AtomicU64::new(0),
-    access_log_dropped: AtomicU64::new(0),
-    tunnels_total: AtomicU64::new(0),
-    tunnels_active: AtomicU64::new(0),
-    tunnel_bytes: [const { AtomicU64::new(0) }; 2],
-    upstream_latency: Histogram::new(),
-    total_latency: Histogram::new(),
-};
+pub static METRICS: Metrics = Metrics::new();
 
 /// Adds one to a counter.
 pub fn inc(counter: &AtomicU64) {
@@ -113,6 +99,24 @@ pub fn inc(counter: &AtomicU64) {
 }
 
 impl Metrics {
+    const fn new() -> Self {
+        Metrics {
+            responses: [const { AtomicU64::new(0) }; 5],
+            replies: [const { AtomicU64::new(0) }; REPLIES.len()],
+            connections_total: AtomicU64::new(0),
+            connections_active: AtomicU64::new(0),
+            queued_total: AtomicU64::new(0),
+            replayed_total: AtomicU64::new(0),
+            dead_lettered_total: AtomicU64::new(0),
+            access_log_dropped: AtomicU64::new(0),
+            tunnels_total: AtomicU64::new(0),
+            tunnels_active: AtomicU64::new(0),
+            tunnel_bytes: [const { AtomicU64::new(0) }; 2],
+            upstream_latency: Histogram::new(),
+            total_latency: Histogram::new(),
+        }
+    }
+
     /// A response of `status` went to a client.
     pub fn response(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
@@ -171,7 +175,10 @@ fn push(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String
 
 /// Renders the Prometheus text exposition format (version 0.0.4).
 pub fn export(g: &Gauges, endpoints: &[EndpointFigures]) -> String {
-    let m = &METRICS;
+    render(&METRICS, g, endpoints)
+}
+
+fn render(m: &Metrics, g: &Gauges, endpoints: &[EndpointFigures]) -> String {
     let mut out = String::with_capacity(8192);
     let classes: Vec<(String, f64)> = m
         .responses
@@ -491,5 +498,79 @@ mod tests {
         assert!(
             text.contains("serviceq_upstream_error_count{endpoint=\"http://127.0.0.1:80\"} 2\n")
         );
+    }
+
+    /// Every counter, gauge and histogram of a fresh `Metrics` set to a different value,
+    /// and two endpoints (one health-checked), so that a family reading the wrong value
+    /// shows in the golden rendering.
+    fn distinct_figures() -> (Metrics, Gauges, Vec<EndpointFigures>) {
+        let m = Metrics::new();
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        let counters = m.responses.iter().chain(&m.replies).chain(&m.tunnel_bytes);
+        for c in counters.chain([
+            &m.connections_total,
+            &m.connections_active,
+            &m.queued_total,
+            &m.replayed_total,
+            &m.dead_lettered_total,
+            &m.access_log_dropped,
+            &m.tunnels_total,
+            &m.tunnels_active,
+        ]) {
+            c.store(next(), Ordering::Relaxed);
+        }
+        for ms in [0.3, 0.7, 4.0, 30.0, 700.0, 20_000.0] {
+            m.upstream_latency
+                .observe(Duration::from_secs_f64(ms / 1000.0));
+        }
+        m.total_latency.observe(Duration::from_millis(2));
+        let g = Gauges {
+            busy_workers: 3,
+            workers: 16,
+            held_requests: 5,
+            queue_depth: 2,
+            uptime: Duration::from_millis(12_500),
+        };
+        let endpoint = |label: &str, base: u64, check| EndpointFigures {
+            label: label.into(),
+            error_count: base as u32,
+            attempts: base + 1,
+            failures: [
+                ("UPSTREAM_DOWN", base + 2),
+                ("UPSTREAM_TIMED_OUT", base + 3),
+                ("UPSTREAM_NO_RESPONSE", base + 4),
+                ("UPSTREAM_BAD_RESPONSE", base + 5),
+            ],
+            idle_connections: base as usize + 6,
+            check,
+        };
+        let endpoints = vec![
+            endpoint(
+                "http://127.0.0.1:8001",
+                10,
+                Some(CheckFigures {
+                    up: true,
+                    checks: 40,
+                    failed: 41,
+                }),
+            ),
+            endpoint("http://127.0.0.1:8002", 20, None),
+        ];
+        (m, g, endpoints)
+    }
+
+    /// The exposition byte for byte, as it was before `export` became table-driven.
+    #[test]
+    fn rendering_matches_the_golden_text() {
+        let (m, g, endpoints) = distinct_figures();
+        let text = render(&m, &g, &endpoints);
+        if let Some(path) = std::env::var_os("SQ_WRITE_METRICS_GOLDEN") {
+            std::fs::write(path, &text).expect("write the golden rendering");
+        }
+        assert_eq!(text, include_str!("metrics_golden.prom"));
     }
 }

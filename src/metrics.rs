@@ -56,8 +56,8 @@ impl Histogram {
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
-    fn export(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    /// The cumulative `_bucket` samples, then `_sum` and `_count`.
+    fn write_samples(&self, out: &mut String, name: &str) {
         let mut cumulative = 0;
         for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
             cumulative += self.buckets[i].load(Ordering::Relaxed);
@@ -165,13 +165,243 @@ pub struct CheckFigures {
     pub failed: u64,
 }
 
-/// One metric family: HELP and TYPE lines, then its samples (labels, value).
-fn push(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    for (labels, v) in samples {
-        let _ = writeln!(out, "{name}{labels} {v}");
+/// A family's Prometheus type.
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
     }
 }
+
+/// Where a family's samples come from.
+#[derive(Clone, Copy)]
+enum Source {
+    /// One unlabelled sample: a process-wide counter.
+    Process(fn(&Metrics) -> &AtomicU64),
+    /// One unlabelled sample: a gauge the admin thread read elsewhere.
+    Gauge(fn(&Gauges) -> f64),
+    /// Process-wide counters with labels: (`{labels}`, value) for each.
+    Labelled(fn(&Metrics) -> Vec<(String, f64)>),
+    /// One sample per endpoint, labelled `endpoint`.
+    Endpoint(fn(&EndpointFigures) -> f64),
+    /// One sample per endpoint and log code, labelled `endpoint` and `code`.
+    EndpointFailures,
+    /// One sample per health-checked endpoint (none while the checks are off).
+    Check(fn(&CheckFigures) -> f64),
+    /// Cumulative buckets, `_sum` and `_count`.
+    Histogram(fn(&Metrics) -> &Histogram),
+}
+
+/// One metric family: HELP and TYPE lines, then its samples.
+struct Family {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    source: Source,
+}
+
+const fn family(name: &'static str, kind: Kind, help: &'static str, source: Source) -> Family {
+    Family {
+        name,
+        kind,
+        help,
+        source,
+    }
+}
+
+/// Every family of `/metrics`, in the order they are exported.
+const FAMILIES: &[Family] = {
+    use Kind::{Counter, Gauge};
+    &[
+        family(
+            "serviceq_responses_total",
+            Counter,
+            "Responses sent to clients, by status class.",
+            Source::Labelled(|m| {
+                let classes = m.responses.iter().enumerate();
+                classes
+                    .map(|(i, c)| (format!("{{class=\"{}xx\"}}", i + 1), Metrics::get(c) as f64))
+                    .collect()
+            }),
+        ),
+        family(
+            "serviceq_generated_responses_total",
+            Counter,
+            "Responses ServiceQ made itself, by sq_msg.",
+            Source::Labelled(|m| {
+                let replies = REPLIES.iter().zip(&m.replies);
+                replies
+                    .map(|(r, c)| {
+                        let (status, _, msg) = r.parts();
+                        let labels = format!("{{status=\"{status}\",sq_msg=\"{msg}\"}}");
+                        (labels, Metrics::get(c) as f64)
+                    })
+                    .collect()
+            }),
+        ),
+        family(
+            "serviceq_flooded_total",
+            Counter,
+            "Clients answered 429 (CONCURRENCY_PEAK reached).",
+            // REPLIES[0] is Reply::Flooded.
+            Source::Process(|m| &m.replies[0]),
+        ),
+        family(
+            "serviceq_connections_total",
+            Counter,
+            "Client connections accepted by workers.",
+            Source::Process(|m| &m.connections_total),
+        ),
+        family(
+            "serviceq_connections_active",
+            Gauge,
+            "Client connections open on workers.",
+            Source::Process(|m| &m.connections_active),
+        ),
+        family(
+            "serviceq_workers",
+            Gauge,
+            "Worker threads (CONCURRENCY_PEAK).",
+            Source::Gauge(|g| g.workers as f64),
+        ),
+        family(
+            "serviceq_workers_busy",
+            Gauge,
+            "Workers serving a connection.",
+            Source::Gauge(|g| g.busy_workers as f64),
+        ),
+        family(
+            "serviceq_requests_held",
+            Gauge,
+            "Requests held against CONCURRENCY_PEAK (active and queued).",
+            Source::Gauge(|g| g.held_requests as f64),
+        ),
+        family(
+            "serviceq_queue_depth",
+            Gauge,
+            "Requests waiting in the deferred/upfront queue.",
+            Source::Gauge(|g| g.queue_depth as f64),
+        ),
+        family(
+            "serviceq_queued_total",
+            Counter,
+            "Requests put in the queue.",
+            Source::Process(|m| &m.queued_total),
+        ),
+        family(
+            "serviceq_replayed_total",
+            Counter,
+            "Queued requests delivered.",
+            Source::Process(|m| &m.replayed_total),
+        ),
+        family(
+            "serviceq_dead_lettered_total",
+            Counter,
+            "Queued requests moved to the dead-letter file.",
+            Source::Process(|m| &m.dead_lettered_total),
+        ),
+        family(
+            "serviceq_access_log_dropped_total",
+            Counter,
+            "Access log lines dropped because the writer fell behind.",
+            Source::Process(|m| &m.access_log_dropped),
+        ),
+        family(
+            "serviceq_tunnels_total",
+            Counter,
+            "Upgraded connections (101 Switching Protocols) tunnelled.",
+            Source::Process(|m| &m.tunnels_total),
+        ),
+        family(
+            "serviceq_tunnels_active",
+            Gauge,
+            "Upgraded connections open now (each holds a worker).",
+            Source::Process(|m| &m.tunnels_active),
+        ),
+        family(
+            "serviceq_tunnel_bytes_total",
+            Counter,
+            "Bytes copied through finished tunnels, by direction.",
+            Source::Labelled(|m| {
+                let directions = ["client_to_upstream", "upstream_to_client"];
+                let bytes = directions.iter().zip(&m.tunnel_bytes);
+                bytes
+                    .map(|(d, c)| (format!("{{direction=\"{d}\"}}"), Metrics::get(c) as f64))
+                    .collect()
+            }),
+        ),
+        family(
+            "serviceq_uptime_seconds",
+            Gauge,
+            "Seconds since start.",
+            Source::Gauge(|g| g.uptime.as_secs_f64()),
+        ),
+        family(
+            "serviceq_upstream_attempts_total",
+            Counter,
+            "Attempts on each endpoint.",
+            Source::Endpoint(|e| e.attempts as f64),
+        ),
+        family(
+            "serviceq_upstream_failures_total",
+            Counter,
+            "Failed attempts on each endpoint, by error-log code.",
+            Source::EndpointFailures,
+        ),
+        family(
+            "serviceq_upstream_error_count",
+            Gauge,
+            "Current error count of each endpoint (reset by a success).",
+            Source::Endpoint(|e| f64::from(e.error_count)),
+        ),
+        family(
+            "serviceq_upstream_pool_idle",
+            Gauge,
+            "Idle kept-alive connections to each endpoint.",
+            Source::Endpoint(|e| e.idle_connections as f64),
+        ),
+        family(
+            "serviceq_upstream_check_up",
+            Gauge,
+            "1 while the health checks count the endpoint up, 0 once they marked it down.",
+            Source::Check(|c| f64::from(u8::from(c.up))),
+        ),
+        family(
+            "serviceq_upstream_checks_total",
+            Counter,
+            "Health checks made on each endpoint.",
+            Source::Check(|c| c.checks as f64),
+        ),
+        family(
+            "serviceq_upstream_check_failures_total",
+            Counter,
+            "Health checks that failed on each endpoint.",
+            Source::Check(|c| c.failed as f64),
+        ),
+        family(
+            "serviceq_upstream_duration_seconds",
+            Kind::Histogram,
+            "From the first attempt to the end of the relayed response.",
+            Source::Histogram(|m| &m.upstream_latency),
+        ),
+        family(
+            "serviceq_request_duration_seconds",
+            Kind::Histogram,
+            "From the request head to the end of the response.",
+            Source::Histogram(|m| &m.total_latency),
+        ),
+    ]
+};
 
 /// Renders the Prometheus text exposition format (version 0.0.4).
 pub fn export(g: &Gauges, endpoints: &[EndpointFigures]) -> String {
@@ -180,253 +410,55 @@ pub fn export(g: &Gauges, endpoints: &[EndpointFigures]) -> String {
 
 fn render(m: &Metrics, g: &Gauges, endpoints: &[EndpointFigures]) -> String {
     let mut out = String::with_capacity(8192);
-    let classes: Vec<(String, f64)> = m
-        .responses
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (format!("{{class=\"{}xx\"}}", i + 1), Metrics::get(c) as f64))
-        .collect();
-    push(
-        &mut out,
-        "serviceq_responses_total",
-        "counter",
-        "Responses sent to clients, by status class.",
-        &classes,
-    );
-    let replies: Vec<(String, f64)> = REPLIES
-        .iter()
-        .zip(&m.replies)
-        .map(|(r, c)| {
-            let (status, _, msg) = r.parts();
-            (
-                format!("{{status=\"{status}\",sq_msg=\"{msg}\"}}"),
-                Metrics::get(c) as f64,
-            )
-        })
-        .collect();
-    push(
-        &mut out,
-        "serviceq_generated_responses_total",
-        "counter",
-        "Responses ServiceQ made itself, by sq_msg.",
-        &replies,
-    );
-    let plain = |v: f64| vec![(String::new(), v)];
-    push(
-        &mut out,
-        "serviceq_flooded_total",
-        "counter",
-        "Clients answered 429 (CONCURRENCY_PEAK reached).",
-        &plain(Metrics::get(&m.replies[0]) as f64),
-    );
-    push(
-        &mut out,
-        "serviceq_connections_total",
-        "counter",
-        "Client connections accepted by workers.",
-        &plain(Metrics::get(&m.connections_total) as f64),
-    );
-    push(
-        &mut out,
-        "serviceq_connections_active",
-        "gauge",
-        "Client connections open on workers.",
-        &plain(Metrics::get(&m.connections_active) as f64),
-    );
-    push(
-        &mut out,
-        "serviceq_workers",
-        "gauge",
-        "Worker threads (CONCURRENCY_PEAK).",
-        &plain(g.workers as f64),
-    );
-    push(
-        &mut out,
-        "serviceq_workers_busy",
-        "gauge",
-        "Workers serving a connection.",
-        &plain(g.busy_workers as f64),
-    );
-    push(
-        &mut out,
-        "serviceq_requests_held",
-        "gauge",
-        "Requests held against CONCURRENCY_PEAK (active and queued).",
-        &plain(g.held_requests as f64),
-    );
-    push(
-        &mut out,
-        "serviceq_queue_depth",
-        "gauge",
-        "Requests waiting in the deferred/upfront queue.",
-        &plain(g.queue_depth as f64),
-    );
-    push(
-        &mut out,
-        "serviceq_queued_total",
-        "counter",
-        "Requests put in the queue.",
-        &plain(Metrics::get(&m.queued_total) as f64),
-    );
-    push(
-        &mut out,
-        "serviceq_replayed_total",
-        "counter",
-        "Queued requests delivered.",
-        &plain(Metrics::get(&m.replayed_total) as f64),
-    );
-    push(
-        &mut out,
-        "serviceq_dead_lettered_total",
-        "counter",
-        "Queued requests moved to the dead-letter file.",
-        &plain(Metrics::get(&m.dead_lettered_total) as f64),
-    );
-    push(
-        &mut out,
-        "serviceq_access_log_dropped_total",
-        "counter",
-        "Access log lines dropped because the writer fell behind.",
-        &plain(Metrics::get(&m.access_log_dropped) as f64),
-    );
-    push(
-        &mut out,
-        "serviceq_tunnels_total",
-        "counter",
-        "Upgraded connections (101 Switching Protocols) tunnelled.",
-        &plain(Metrics::get(&m.tunnels_total) as f64),
-    );
-    push(
-        &mut out,
-        "serviceq_tunnels_active",
-        "gauge",
-        "Upgraded connections open now (each holds a worker).",
-        &plain(Metrics::get(&m.tunnels_active) as f64),
-    );
-    let directions = ["client_to_upstream", "upstream_to_client"];
-    let tunnel_bytes: Vec<(String, f64)> = directions
-        .iter()
-        .zip(&m.tunnel_bytes)
-        .map(|(d, c)| (format!("{{direction=\"{d}\"}}"), Metrics::get(c) as f64))
-        .collect();
-    push(
-        &mut out,
-        "serviceq_tunnel_bytes_total",
-        "counter",
-        "Bytes copied through finished tunnels, by direction.",
-        &tunnel_bytes,
-    );
-    push(
-        &mut out,
-        "serviceq_uptime_seconds",
-        "gauge",
-        "Seconds since start.",
-        &plain(g.uptime.as_secs_f64()),
-    );
-
-    let label = |e: &EndpointFigures| format!("endpoint=\"{}\"", e.label);
-    let attempts: Vec<(String, f64)> = endpoints
-        .iter()
-        .map(|e| (format!("{{{}}}", label(e)), e.attempts as f64))
-        .collect();
-    push(
-        &mut out,
-        "serviceq_upstream_attempts_total",
-        "counter",
-        "Attempts on each endpoint.",
-        &attempts,
-    );
-    let failures: Vec<(String, f64)> = endpoints
-        .iter()
-        .flat_map(|e| {
-            e.failures
-                .iter()
-                .map(move |(code, n)| (format!("{{{},code=\"{}\"}}", label(e), code), *n as f64))
-        })
-        .collect();
-    push(
-        &mut out,
-        "serviceq_upstream_failures_total",
-        "counter",
-        "Failed attempts on each endpoint, by error-log code.",
-        &failures,
-    );
-    let errors: Vec<(String, f64)> = endpoints
-        .iter()
-        .map(|e| (format!("{{{}}}", label(e)), f64::from(e.error_count)))
-        .collect();
-    push(
-        &mut out,
-        "serviceq_upstream_error_count",
-        "gauge",
-        "Current error count of each endpoint (reset by a success).",
-        &errors,
-    );
-    let idle: Vec<(String, f64)> = endpoints
-        .iter()
-        .map(|e| (format!("{{{}}}", label(e)), e.idle_connections as f64))
-        .collect();
-    push(
-        &mut out,
-        "serviceq_upstream_pool_idle",
-        "gauge",
-        "Idle kept-alive connections to each endpoint.",
-        &idle,
-    );
-
-    export_checks(&mut out, endpoints);
-
-    m.upstream_latency.export(
-        &mut out,
-        "serviceq_upstream_duration_seconds",
-        "From the first attempt to the end of the relayed response.",
-    );
-    m.total_latency.export(
-        &mut out,
-        "serviceq_request_duration_seconds",
-        "From the request head to the end of the response.",
-    );
+    for f in FAMILIES {
+        let (name, kind) = (f.name, f.kind.as_str());
+        let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} {kind}", f.help);
+        write_samples(&mut out, name, f.source, m, g, endpoints);
+    }
     out
 }
 
-/// The health-check families: samples only for endpoints that are checked.
-fn export_checks(out: &mut String, endpoints: &[EndpointFigures]) {
-    let checked = || {
-        endpoints.iter().filter_map(|e| {
-            e.check
-                .map(|c| (format!("{{endpoint=\"{}\"}}", e.label), c))
-        })
+/// A family's sample lines, `name{labels} value`.
+fn write_samples(
+    out: &mut String,
+    name: &str,
+    source: Source,
+    m: &Metrics,
+    g: &Gauges,
+    endpoints: &[EndpointFigures],
+) {
+    let mut sample = |labels: &str, v: f64| {
+        let _ = writeln!(out, "{name}{labels} {v}");
     };
-    /// Name, type, help, and the sample's value.
-    type Family = (
-        &'static str,
-        &'static str,
-        &'static str,
-        fn(&CheckFigures) -> f64,
-    );
-    let families: [Family; 3] = [
-        (
-            "serviceq_upstream_check_up",
-            "gauge",
-            "1 while the health checks count the endpoint up, 0 once they marked it down.",
-            |c| f64::from(u8::from(c.up)),
-        ),
-        (
-            "serviceq_upstream_checks_total",
-            "counter",
-            "Health checks made on each endpoint.",
-            |c| c.checks as f64,
-        ),
-        (
-            "serviceq_upstream_check_failures_total",
-            "counter",
-            "Health checks that failed on each endpoint.",
-            |c| c.failed as f64,
-        ),
-    ];
-    for (name, kind, help, value) in families {
-        let samples: Vec<(String, f64)> = checked().map(|(l, c)| (l, value(&c))).collect();
-        push(out, name, kind, help, &samples);
+    let endpoint = |e: &EndpointFigures| format!("endpoint=\"{}\"", e.label);
+    match source {
+        Source::Process(counter) => sample("", Metrics::get(counter(m)) as f64),
+        Source::Gauge(read) => sample("", read(g)),
+        Source::Labelled(read) => {
+            for (labels, v) in read(m) {
+                sample(&labels, v);
+            }
+        }
+        Source::Endpoint(read) => {
+            for e in endpoints {
+                sample(&format!("{{{}}}", endpoint(e)), read(e));
+            }
+        }
+        Source::EndpointFailures => {
+            for e in endpoints {
+                for (code, n) in e.failures {
+                    sample(&format!("{{{},code=\"{code}\"}}", endpoint(e)), n as f64);
+                }
+            }
+        }
+        Source::Check(read) => {
+            for e in endpoints {
+                if let Some(c) = &e.check {
+                    sample(&format!("{{{}}}", endpoint(e)), read(c));
+                }
+            }
+        }
+        Source::Histogram(histogram) => histogram(m).write_samples(out, name),
     }
 }
 
@@ -441,7 +473,7 @@ mod tests {
         h.observe(Duration::from_millis(3));
         h.observe(Duration::from_secs(60));
         let mut out = String::new();
-        h.export(&mut out, "x", "help");
+        h.write_samples(&mut out, "x");
         assert!(out.contains("x_bucket{le=\"0.0005\"} 1\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"0.005\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"10\"} 2\n"), "{out}");

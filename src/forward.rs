@@ -84,9 +84,23 @@ pub fn upstream_request_into(
     line: &mut Vec<u8>,
     headers: &mut Vec<u8>,
 ) {
-    let custom = origin.custom;
-    line.clear();
+    write_request_line(head, line);
     headers.clear();
+    let client = copy_end_to_end(head, origin.custom, headers);
+    match client.request_id {
+        Some(client_id) => id.push_str(client_id),
+        None => new_id(id),
+    }
+    push_forwarding(head, origin, client.host, id, headers);
+    headers.extend_from_slice(&origin.custom.rendered);
+    push_framing(head, body_len, headers);
+    headers.extend_from_slice(b"\r\n");
+}
+
+/// `METHOD TARGET HTTP/1.1`: ServiceQ speaks HTTP/1.1 to endpoints whatever the client
+/// spoke.
+fn write_request_line(head: &RequestHead, line: &mut Vec<u8>) {
+    line.clear();
     push_all(
         line,
         &[
@@ -96,16 +110,34 @@ pub fn upstream_request_into(
             b" HTTP/1.1\r\n",
         ],
     );
+}
 
+/// What the client said that ServiceQ rewrites rather than copies.
+struct ClientFields<'a> {
+    /// The first non-empty `X-Request-Id`.
+    request_id: Option<&'a str>,
+    /// An absolute-form target's authority, else the first `Host`.
+    host: Option<&'a [u8]>,
+}
+
+/// Copies the client's end-to-end headers: not hop-by-hop, not one ServiceQ sets
+/// itself, not one a custom header replaces.
+fn copy_end_to_end<'a>(
+    head: &'a RequestHead,
+    custom: &CustomHeaders,
+    headers: &mut Vec<u8>,
+) -> ClientFields<'a> {
     let tokens = connection_tokens(&head.headers);
-    let mut client_id: Option<&str> = None;
-    let mut host: Option<&[u8]> = head.authority.as_deref().map(str::as_bytes);
+    let mut client = ClientFields {
+        request_id: None,
+        host: head.authority.as_deref().map(str::as_bytes),
+    };
     for h in &head.headers {
         let name = h.name.as_str();
-        if name.eq_ignore_ascii_case("x-request-id") && client_id.is_none() {
-            client_id = std::str::from_utf8(&h.value).ok().filter(|v| !v.is_empty());
-        } else if name.eq_ignore_ascii_case("host") && host.is_none() {
-            host = Some(&h.value);
+        if name.eq_ignore_ascii_case("x-request-id") && client.request_id.is_none() {
+            client.request_id = std::str::from_utf8(&h.value).ok().filter(|v| !v.is_empty());
+        } else if name.eq_ignore_ascii_case("host") && client.host.is_none() {
+            client.host = Some(&h.value);
         }
         if is_hop_by_hop(name, &tokens)
             || REPLACED_ON_REQUESTS
@@ -117,7 +149,17 @@ pub fn upstream_request_into(
         }
         push_header(headers, name.as_bytes(), &h.value);
     }
+    client
+}
 
+/// SPEC §3's forwarding headers: X-Forwarded-For/-Proto/-Host and X-Request-Id.
+fn push_forwarding(
+    head: &RequestHead,
+    origin: &Origin<'_>,
+    host: Option<&[u8]>,
+    id: &str,
+    headers: &mut Vec<u8>,
+) {
     // The client's X-Forwarded-For values in order (empty ones dropped), then the
     // client's address, written in place.
     headers.extend_from_slice(b"X-Forwarded-For: ");
@@ -131,13 +173,12 @@ pub fn upstream_request_into(
     if let Some(host) = host {
         push_header(headers, b"X-Forwarded-Host", host);
     }
-    match client_id {
-        Some(client_id) => id.push_str(client_id),
-        None => new_id(id),
-    }
     push_header(headers, b"X-Request-Id", id.as_bytes());
-    headers.extend_from_slice(&custom.rendered);
-    // An upgrade (WebSocket) keeps its two hop-by-hop fields: ServiceQ tunnels a 101.
+}
+
+/// ServiceQ's own framing: the upgrade's two hop-by-hop fields when the client offered
+/// one (ServiceQ tunnels a 101), and a Content-Length for the body it read whole.
+fn push_framing(head: &RequestHead, body_len: u64, headers: &mut Vec<u8>) {
     if let Some(protocols) = crate::http::upgrade::offered_upgrade(head) {
         headers.extend_from_slice(b"Connection: upgrade\r\n");
         push_header(headers, b"Upgrade", &protocols);
@@ -147,7 +188,6 @@ pub fn upstream_request_into(
         push_decimal(headers, body_len);
         headers.extend_from_slice(b"\r\n");
     }
-    headers.extend_from_slice(b"\r\n");
 }
 
 pub fn client_framing(resp: ResponseFraming, client: Version) -> ClientFraming {
@@ -246,20 +286,14 @@ pub fn switching_protocols_head(resp: &ResponseHead, custom: &CustomHeaders, out
         if framing || is_hop_by_hop(&h.name, &tokens) || custom.replaces(&h.name) {
             continue;
         }
-        push_field(out, h.name.as_bytes(), &h.value);
+        push_header(out, h.name.as_bytes(), &h.value);
     }
     out.extend_from_slice(&custom.rendered);
     out.extend_from_slice(b"Connection: upgrade\r\n");
     if let Some(upgrade) = headers::find(&resp.headers, "upgrade") {
-        push_field(out, b"Upgrade", &upgrade.value);
+        push_header(out, b"Upgrade", &upgrade.value);
     }
     out.extend_from_slice(b"\r\n");
-}
-
-fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    for part in [name, b": ", value, b"\r\n"] {
-        out.extend_from_slice(part);
-    }
 }
 
 #[cfg(test)]
@@ -354,6 +388,60 @@ mod tests {
         let text = String::from_utf8(headers).unwrap();
         assert!(text.contains("X-Forwarded-For: ::1\r\n"), "{text}");
         assert!(text.contains("Content-Length: 0\r\n"), "{text}");
+    }
+
+    /// Every stage of the upstream request at once, byte for byte: an absolute-form
+    /// target's authority as X-Forwarded-Host, an empty client X-Request-Id (a new id),
+    /// custom headers replacing the client's, an upgrade kept, reused buffers cleared.
+    #[test]
+    fn upstream_request_bytes_with_every_stage() {
+        let mut head = request(vec![
+            header("Host", "ignored.example"),
+            header("Connection", "Upgrade"),
+            header("Upgrade", "websocket, h2c"),
+            header("X-Request-Id", ""),
+            header("X-Forwarded-For", ""),
+            header("X-Forwarded-For", "10.0.0.1, 10.0.0.2"),
+            header("Accept", "*/*"),
+            header("Expect", "100-continue"),
+            header("Cookie", "a=1"),
+        ]);
+        head.method = "GET".into();
+        head.target = "/chat".into();
+        head.authority = Some("abs.example:8080".into());
+        head.framing = BodyFraming::None;
+        let custom = CustomHeaders::new(&[
+            ("Accept".into(), "text/plain".into()),
+            ("X-Gateway".into(), "sq".into()),
+        ]);
+        let origin = Origin {
+            client_ip: "192.0.2.7",
+            proto: "https",
+            custom: &custom,
+        };
+        let (mut line, mut headers) = (b"stale".to_vec(), b"stale".to_vec());
+        let mut id = "req-".to_string();
+        upstream_request_into(
+            &head,
+            0,
+            &origin,
+            |out| out.push_str("new"),
+            &mut id,
+            &mut line,
+            &mut headers,
+        );
+        assert_eq!(id, "req-new");
+        assert_eq!(String::from_utf8(line).unwrap(), "GET /chat HTTP/1.1\r\n");
+        assert_eq!(
+            String::from_utf8(headers).unwrap(),
+            "Cookie: a=1\r\n\
+             X-Forwarded-For: 10.0.0.1, 10.0.0.2, 192.0.2.7\r\n\
+             X-Forwarded-Proto: https\r\n\
+             X-Forwarded-Host: abs.example:8080\r\n\
+             X-Request-Id: req-new\r\n\
+             Accept: text/plain\r\nX-Gateway: sq\r\n\
+             Connection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+        );
     }
 
     #[test]

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Deferred-queue helpers (raw requests with ids, drain and buffered checks).
 pub mod queue;
+/// Real redis-server / redis-sentinel processes for the shared-queue tests.
+pub mod redis_server;
 /// TLS helpers: openssl-made certificates, an `openssl s_server` endpoint, curl.
 pub mod tls;
 

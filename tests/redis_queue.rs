@@ -422,14 +422,15 @@ fn a_sentinel_failover_is_followed_and_confirmed_entries_survive_it() {
     for i in 0..10u8 {
         q.push(&[i]).expect("push before failover");
     }
+    // A second handle that asks for no replica (the promoted one will have none, and
+    // WAIT 1 would refuse every push), connected to the old primary before the kill.
+    let q = RedisQueue::connect(opts(&url, "b")).expect("connect");
     let before = format!("127.0.0.1:{}", primary.port);
     assert_eq!(q.status().primary.as_deref(), Some(before.as_str()));
 
     primary.kill();
     // Pushes fail (never hang past the timeout) until the sentinel promotes the
-    // replica; then they go to it. (It has no replica of its own, so this handle asks
-    // for none: with WAIT 1 it would now refuse every push.)
-    let q = RedisQueue::open(opts(&url, "a")).expect("open");
+    // replica; then the same handle finds it and writes there.
     let after = format!("127.0.0.1:{}", replica.port);
     let moved = wait_until(Duration::from_secs(30), || {
         let started = Instant::now();
@@ -445,4 +446,39 @@ fn a_sentinel_failover_is_followed_and_confirmed_entries_survive_it() {
         assert_eq!(e.payload, vec![i]);
         assert_eq!(q.ack(&e), Ok(true));
     }
+}
+
+#[test]
+fn check_reports_the_engine_and_each_unsafe_setting() {
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::primary();
+    let q = queue(&redis.url(), "a");
+    q.push(b"x").expect("push");
+    let report = q.check().expect("check");
+    assert_eq!(report.depth, 1);
+    assert!(
+        report.version.starts_with(|c: char| c.is_ascii_digit()),
+        "{report:?}"
+    );
+    assert!(
+        report.skew_ms.abs() < 250,
+        "same host, same clock: {report:?}"
+    );
+    assert_eq!(
+        report.warnings,
+        Vec::<String>::new(),
+        "the test server is set up safely"
+    );
+    let mut conn = client(redis.port);
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("appendfsync")
+        .arg("everysec")
+        .query::<()>(&mut conn)
+        .expect("config set");
+    let report = q.check().expect("check");
+    assert_eq!(report.warnings.len(), 1, "{report:?}");
+    assert!(report.warnings[0].starts_with("appendfsync"), "{report:?}");
 }

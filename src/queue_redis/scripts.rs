@@ -31,12 +31,13 @@ local id = redis.call('XADD', KEYS[1], '*', 'p', ARGV[2], 'by', ARGV[3])
 return {1, n + 1, id}
 ";
 
-/// HEAD — KEYS: lease, stream. ARGV: our lease value.
-/// `{0}` = the lease is not ours; `{1, now_ms, len}` = empty;
-/// `{2, now_ms, len, id, payload}` = the oldest entry (payload '' if it has no `p`).
-/// `now_ms` is the engine's clock (TIME), so ages do not depend on ours.
-const HEAD: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
+/// The end of HEAD, ACK and DEAD: replies with the oldest entry of KEYS[2] and the
+/// engine's time — `{1, now_ms, len}` when empty, `{2, now_ms, len, id, payload}`
+/// otherwise (payload '' if the entry has no `p`). `now_ms` is the engine's clock
+/// (TIME), so ages do not depend on ours. ACK and DEAD end with it so that a replayer
+/// gets its next head in the same round trip; it stays the head while the lease is
+/// ours, since only the lease holder removes entries.
+const NEXT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = redis.call('XLEN', KEYS[2])
@@ -47,27 +48,36 @@ for i = 1, #f, 2 do if f[i] == 'p' then p = f[i + 1] end end
 return {2, now, n, e[1][1], p}
 ";
 
+/// HEAD — KEYS: lease, stream. ARGV: our lease value.
+/// `{0}` = the lease is not ours; else as NEXT.
+const HEAD: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
+";
+
 /// ACK — KEYS: lease, stream. ARGV: lease value, entry id.
-/// `0` = the lease is not ours (nothing removed); `1` = removed (or already gone).
+/// `{0}` = the lease is not ours (nothing removed); else removed (or already gone),
+/// and the new head as NEXT.
 const ACK: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
 redis.call('XDEL', KEYS[2], ARGV[2])
-return 1
 ";
 
 /// DEAD — KEYS: lease, stream, dead-letter stream. ARGV: lease value, entry id,
 /// reason, instance id, dead-letter cap.
-/// `0` = the lease is not ours; `1` = moved; `2` = the entry was already gone.
+/// `{0}` = the lease is not ours; else moved (or already gone), and the new head as
+/// NEXT.
 const DEAD: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local e = redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[2])
-if #e == 0 then return 2 end
-local f, p = e[1][2], ''
-for i = 1, #f, 2 do if f[i] == 'p' then p = f[i + 1] end end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*',
-  'p', p, 'id', ARGV[2], 'reason', ARGV[3], 'by', ARGV[4])
-redis.call('XDEL', KEYS[2], ARGV[2])
-return 1
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
+do
+  local e = redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[2])
+  if #e > 0 then
+    local f, p = e[1][2], ''
+    for i = 1, #f, 2 do if f[i] == 'p' then p = f[i + 1] end end
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*',
+      'p', p, 'id', ARGV[2], 'reason', ARGV[3], 'by', ARGV[4])
+    redis.call('XDEL', KEYS[2], ARGV[2])
+  end
+end
 ";
 
 /// LEASE — KEYS: lease, fence counter, stream. ARGV: our lease value ('' = none),
@@ -108,9 +118,9 @@ impl Scripts {
     pub fn new() -> Scripts {
         Scripts {
             push: Script::new(PUSH),
-            head: Script::new(HEAD),
-            ack: Script::new(ACK),
-            dead: Script::new(DEAD),
+            head: Script::new(&format!("{HEAD}{NEXT}")),
+            ack: Script::new(&format!("{ACK}{NEXT}")),
+            dead: Script::new(&format!("{DEAD}{NEXT}")),
             lease: Script::new(LEASE),
             release: Script::new(RELEASE),
         }
@@ -125,7 +135,7 @@ pub enum Pushed {
     Stored { id: String, len: u64 },
 }
 
-/// What HEAD found.
+/// What HEAD (or ACK, DEAD) found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum HeadReply {
     NotHolder,

@@ -140,7 +140,8 @@ mod tests {
 
     #[test]
     fn each_unsafe_setting_is_named() {
-        let cases: [(&[(&str, &str)], usize, &str); 4] = [
+        type Case<'a> = (&'a [(&'a str, &'a str)], usize, &'a str);
+        let cases: [Case; 4] = [
             (
                 &[("appendonly", "no"), ("maxmemory-policy", "noeviction")],
                 0,

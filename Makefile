@@ -1,6 +1,6 @@
 # ServiceQ — build, run, test, install.
 #   make            release build (target/release/serviceq)
-#   make run        release build, then serve with conf/sq.properties
+#   make run        release build, then serve conf/sq.properties (CONFIG=path serves another file)
 #   make test       the whole test suite (unit + integration against the real binary)
 #   make install    PREFIX=/opt/serviceq DESTDIR= (no sudo here: run it as the owner of PREFIX)
 #                   INSTALL_BIN=dist/serviceq installs that binary instead, without building
@@ -10,7 +10,8 @@
 PREFIX  ?= /opt/serviceq
 DESTDIR ?=
 CARGO   ?= cargo
-BIN     := target/release/serviceq
+# Where cargo puts the release binary (CARGO_TARGET_DIR moves it).
+BIN     := $(or $(CARGO_TARGET_DIR),target)/release/serviceq
 CONFIG  ?= conf/sq.properties
 
 .PHONY: build build-nodbg run test install uninstall clean bench static demo

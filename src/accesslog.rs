@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
 
@@ -21,14 +21,15 @@ use time::format_description::FormatItem;
 use time::macros::format_description;
 use time::{OffsetDateTime, UtcOffset};
 
+use crate::logging::Escaped;
 use crate::metrics::{inc, METRICS};
 
 /// Lines waiting for the writer before new ones are dropped.
 const BACKLOG_LINES: usize = 16 * 1024;
 /// The writer flushes at least this often.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
-/// Client-supplied fields (Referer, User-Agent, target) are cut to this many bytes.
-const MAX_FIELD_BYTES: usize = 512;
+/// How long SIGUSR1 waits for the writer to reopen the file.
+const REOPEN_WAIT: Duration = Duration::from_secs(5);
 
 const CLF_TIME: &[FormatItem<'static>] = format_description!(
     "[day]/[month repr:short]/[year]:[hour]:[minute]:[second] [offset_hour sign:mandatory][offset_minute]"
@@ -36,13 +37,15 @@ const CLF_TIME: &[FormatItem<'static>] = format_description!(
 
 enum Msg {
     Line(String),
-    Reopen,
+    /// Re-open the file; the writer answers with the outcome.
+    Reopen(Sender<io::Result<()>>),
     Flush(Sender<()>),
 }
 
 pub struct AccessLog {
     tx: Sender<Msg>,
     offset: UtcOffset,
+    path: PathBuf,
 }
 
 /// What one request did, as the access log records it.
@@ -69,11 +72,21 @@ impl AccessLog {
     pub fn open(path: &Path, offset: UtcOffset) -> io::Result<Self> {
         let file = open_append(path)?;
         let (tx, rx) = crossbeam_channel::bounded(BACKLOG_LINES);
-        let path = path.to_path_buf();
+        let writer_path = path.to_path_buf();
         thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_loop(&rx, BufWriter::with_capacity(64 * 1024, file), &path))?;
-        Ok(AccessLog { tx, offset })
+            .spawn(move || {
+                write_loop(&rx, BufWriter::with_capacity(64 * 1024, file), &writer_path)
+            })?;
+        Ok(AccessLog {
+            tx,
+            offset,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn record(&self, e: &Entry<'_>) {
@@ -83,9 +96,16 @@ impl AccessLog {
         }
     }
 
-    /// Re-opens the file at its path (SIGUSR1, after logrotate moved it).
-    pub fn reopen(&self) {
-        let _ = self.tx.send(Msg::Reopen);
+    /// Re-opens the file at its path (SIGUSR1, after logrotate moved it): the lines
+    /// recorded before go to the old file, those after to the new one. Waits for the
+    /// writer's answer (a few seconds at most, should it be stuck on a slow disk).
+    pub fn reopen(&self) -> io::Result<()> {
+        let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
+        let stuck = || io::Error::new(io::ErrorKind::TimedOut, "the access log writer is stuck");
+        self.tx
+            .send_timeout(Msg::Reopen(ack_tx), REOPEN_WAIT)
+            .map_err(|_| stuck())?;
+        ack_rx.recv_timeout(REOPEN_WAIT).map_err(|_| stuck())?
     }
 
     /// Writes out everything recorded so far (at shutdown), waiting at most a second.
@@ -123,12 +143,12 @@ fn write_loop(rx: &Receiver<Msg>, mut out: BufWriter<File>, path: &Path) {
             Msg::Line(line) => {
                 let _ = out.write_all(line.as_bytes());
             }
-            Msg::Reopen => {
+            Msg::Reopen(ack) => {
                 let _ = out.flush();
-                match open_append(path) {
-                    Ok(f) => out = BufWriter::with_capacity(64 * 1024, f),
-                    Err(e) => log::error!("cannot reopen the access log {}: {e}", path.display()),
-                }
+                let reopened = open_append(path).map(|f| {
+                    out = BufWriter::with_capacity(64 * 1024, f);
+                });
+                let _ = ack.send(reopened);
             }
             Msg::Flush(ack) => {
                 let _ = out.flush();
@@ -164,24 +184,6 @@ fn format_entry(e: &Entry<'_>, now: OffsetDateTime) -> String {
     line
 }
 
-/// Client bytes in a log line: capped, with quotes, backslashes, control characters and
-/// non-ASCII escaped as `\xHH` (nginx's escaping), so a line can never be split or
-/// forged by what a client sends.
-struct Escaped<'a>(&'a [u8]);
-
-impl std::fmt::Display for Escaped<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for &b in self.0.iter().take(MAX_FIELD_BYTES) {
-            if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
-                write!(f, "\\x{b:02X}")?;
-            } else {
-                f.write_char(char::from(b))?;
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,14 +214,5 @@ mod tests {
              \"curl/7.88.1\" upstream=http://127.0.0.1:8001 attempts=1 upstream_time=0.001 \
              request_time=0.002 queued=- id=abc\n"
         );
-    }
-
-    #[test]
-    fn client_bytes_are_escaped_and_capped() {
-        let evil = format!("a\"b\nc\\{}", "x".repeat(1000));
-        let shown = Escaped(evil.as_bytes()).to_string();
-        assert!(shown.starts_with("a\\x22b\\x0Ac\\x5C"));
-        assert!(!shown.contains('\n'));
-        assert!(shown.len() < MAX_FIELD_BYTES + 16);
     }
 }

@@ -1,13 +1,19 @@
 //! The admin listener (ADMIN_ADDRESS:ADMIN_PORT): `/metrics` (Prometheus text format),
-//! `/status` (an HTML page for people), `/healthz`. It runs on its own thread, one
-//! request at a time with short timeouts, so it never takes a client worker; it binds
-//! loopback by default and must not be exposed (it has no authentication).
+//! `/status` (an HTML page for people), `/healthz`. It runs on its own threads, so it
+//! never takes a client worker; it binds loopback by default and must not be exposed
+//! (it has no authentication).
+//!
+//! Each request gets a short-lived thread, at most `MAX_ADMIN_REQUESTS` at once, and a
+//! deadline for its whole head and another for its whole response. When every slot is
+//! taken, a new connection evicts the oldest one still reading its head: connections
+//! that dribble their heads can delay each other but never lock out a health check,
+//! whose head arrives in one packet and is read at once.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -17,8 +23,11 @@ use crate::proxy::Proxy;
 use crate::server::Pool;
 use crate::upstream::FAILURE_CODES;
 
-/// Bounds one admin request: a stuck client must not block the next.
-const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest an admin request's whole head may take to arrive (a deadline, not a
+/// per-read timeout: a byte a second must not keep a connection alive).
+const ADMIN_HEAD_DEADLINE: Duration = Duration::from_secs(2);
+/// The longest writing a whole admin response may take.
+const ADMIN_WRITE_DEADLINE: Duration = Duration::from_secs(5);
 const MAX_ADMIN_HEAD_BYTES: usize = 8 * 1024;
 /// The status page's history: one sample every 5 s for 10 minutes.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
@@ -37,6 +46,7 @@ struct Admin {
     pool: Arc<Pool>,
     started: Instant,
     history: Mutex<VecDeque<Sample>>,
+    slots: Slots,
 }
 
 /// Starts the admin thread and its sampler.
@@ -46,6 +56,7 @@ pub fn start(listener: TcpListener, proxy: Arc<Proxy>, pool: Arc<Pool>) -> std::
         pool,
         started: Instant::now(),
         history: Mutex::new(VecDeque::with_capacity(SAMPLES_KEPT)),
+        slots: Slots::default(),
     });
     admin.sample();
     let sampler = Arc::clone(&admin);
@@ -64,27 +75,98 @@ pub fn start(listener: TcpListener, proxy: Arc<Proxy>, pool: Arc<Pool>) -> std::
     Ok(())
 }
 
-/// Admin requests served at once; beyond this a connection is closed unanswered.
+/// Admin requests served at once; beyond this a new connection evicts the oldest one
+/// still reading its head, or is closed unanswered if every one is answering.
 const MAX_ADMIN_REQUESTS: usize = 8;
-static ADMIN_REQUESTS: AtomicUsize = AtomicUsize::new(0);
+
+/// One admin connection being served.
+struct InFlight {
+    id: u64,
+    since: Instant,
+    /// Still reading its head (evictable); false once it is being answered.
+    reading: bool,
+    /// A handle on its socket, to shut it down on eviction.
+    socket: TcpStream,
+}
+
+/// The admin connections being served, shared by the accepting thread and each
+/// request's thread.
+#[derive(Default)]
+struct Slots {
+    next_id: std::sync::atomic::AtomicU64,
+    live: Mutex<Vec<InFlight>>,
+}
+
+impl Slots {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<InFlight>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes room for `stream` (evicting if needed); its id, or None if there is none.
+    fn admit(&self, stream: &TcpStream) -> Option<u64> {
+        let socket = stream.try_clone().ok()?;
+        let mut live = self.lock();
+        if live.len() >= MAX_ADMIN_REQUESTS {
+            let ages: Vec<(Instant, bool)> = live.iter().map(|f| (f.since, f.reading)).collect();
+            let victim = eviction_victim(&ages)?;
+            let evicted = live.swap_remove(victim);
+            let _ = evicted.socket.shutdown(std::net::Shutdown::Both);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        live.push(InFlight {
+            id,
+            since: Instant::now(),
+            reading: true,
+            socket,
+        });
+        Some(id)
+    }
+
+    /// Connection `id` has its head: it is answered now, and no longer evictable.
+    fn answering(&self, id: u64) -> bool {
+        let mut live = self.lock();
+        match live.iter_mut().find(|f| f.id == id) {
+            Some(f) => {
+                f.reading = false;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn done(&self, id: u64) {
+        self.lock().retain(|f| f.id != id);
+    }
+}
+
+/// Which connection to evict when every slot is taken: the one that has been reading
+/// its head the longest (`(started, still reading)` per slot). None when every one is
+/// already being answered (each within ADMIN_WRITE_DEADLINE).
+fn eviction_victim(slots: &[(Instant, bool)]) -> Option<usize> {
+    slots
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, reading))| *reading)
+        .min_by_key(|(_, (since, _))| *since)
+        .map(|(i, _)| i)
+}
 
 /// Each admin request gets a short-lived thread, so a silent connection (a browser's
 /// preconnect, a port scanner) cannot hold up a health check behind it.
 fn serve_in_thread(admin: &Arc<Admin>, stream: TcpStream) {
-    if ADMIN_REQUESTS.fetch_add(1, Ordering::AcqRel) >= MAX_ADMIN_REQUESTS {
-        ADMIN_REQUESTS.fetch_sub(1, Ordering::AcqRel);
+    let Some(id) = admin.slots.admit(&stream) else {
         return;
-    }
-    let admin = Arc::clone(admin);
+    };
+    let worker = Arc::clone(admin);
     let spawned = thread::Builder::new()
         .name("admin-request".into())
         .stack_size(256 * 1024)
         .spawn(move || {
-            admin.serve(stream);
-            ADMIN_REQUESTS.fetch_sub(1, Ordering::AcqRel);
+            worker.serve(stream, id);
+            worker.slots.done(id);
         });
     if spawned.is_err() {
-        ADMIN_REQUESTS.fetch_sub(1, Ordering::AcqRel);
+        admin.slots.done(id);
     }
 }
 
@@ -107,11 +189,14 @@ impl Admin {
         });
     }
 
-    fn serve(&self, mut stream: TcpStream) {
-        let _ = crate::stream::set_timeouts(&stream, Some(ADMIN_IO_TIMEOUT));
-        let Some((method, path)) = read_request_line(&mut stream) else {
+    fn serve(&self, mut stream: TcpStream, id: u64) {
+        let deadline = Instant::now() + ADMIN_HEAD_DEADLINE;
+        let Some((method, path)) = read_request_line(&mut stream, deadline) else {
             return;
         };
+        if !self.slots.answering(id) {
+            return; // evicted just as its head completed
+        }
         let (status, ctype, body) = match path.as_str() {
             "/metrics" => (
                 "200 OK",
@@ -130,14 +215,15 @@ impl Admin {
         } else {
             ("404 Not Found", "not found\n".to_string())
         };
-        let head = format!(
+        let mut response = format!(
             "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
             body.len()
         );
-        let _ = stream.write_all(head.as_bytes());
         if method != "HEAD" {
-            let _ = stream.write_all(body.as_bytes());
+            response.push_str(&body);
         }
+        let deadline = Instant::now() + ADMIN_WRITE_DEADLINE;
+        let _ = write_all_by(&mut stream, response.as_bytes(), deadline);
     }
 
     fn gauges(&self) -> Gauges {
@@ -234,11 +320,14 @@ impl Admin {
     }
 }
 
-/// Reads the request line of an admin request; None if it is not one.
-fn read_request_line(stream: &mut TcpStream) -> Option<(String, String)> {
+/// Reads the request line of an admin request, the whole head within `deadline`; None
+/// if it is not one or does not arrive in time.
+fn read_request_line(stream: &mut TcpStream, deadline: Instant) -> Option<(String, String)> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        stream.set_read_timeout(Some(left)).ok()?;
         let n = stream.read(&mut chunk).ok()?;
         if n == 0 || buf.len() + n > MAX_ADMIN_HEAD_BYTES {
             return None;
@@ -252,6 +341,28 @@ fn read_request_line(stream: &mut TcpStream) -> Option<(String, String)> {
     let target = parts.next()?;
     let path = target.split('?').next().unwrap_or(target).to_string();
     Some((method, path))
+}
+
+/// Writes all of `bytes` by `deadline` (each write bounded by what is left of it).
+fn write_all_by(
+    stream: &mut TcpStream,
+    mut bytes: &[u8],
+    deadline: Instant,
+) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or(std::io::ErrorKind::TimedOut)?;
+        stream.set_write_timeout(Some(left))?;
+        match stream.write(bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The queue depth over the last minutes as an inline SVG polyline.
@@ -317,6 +428,22 @@ mod tests {
         );
         assert!(svg.contains("max 10"));
         assert!(queue_chart(&[]).contains("<svg"));
+    }
+
+    #[test]
+    fn eviction_takes_the_oldest_connection_still_reading() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        type Case<'a> = (&'a [(Instant, bool)], Option<usize>);
+        let cases: &[Case] = &[
+            (&[], None),
+            (&[(at(0), false), (at(5), false)], None),
+            (&[(at(3), true), (at(1), true), (at(2), true)], Some(1)),
+            (&[(at(0), false), (at(9), true), (at(4), true)], Some(2)),
+        ];
+        for (slots, want) in cases {
+            assert_eq!(eviction_victim(slots), *want, "{slots:?}");
+        }
     }
 
     #[test]

@@ -77,6 +77,12 @@ pub struct Config {
     /// `None` = forever (`0`).
     pub deferred_q_max_age: Option<Duration>,
     pub max_request_body: u64,
+    /// Bytes of a request body kept in memory; the rest goes to an unlinked temporary
+    /// file in `client_body_temp_dir` (nginx's client_body_buffer_size).
+    pub client_body_buffer_size: usize,
+    pub client_body_temp_dir: PathBuf,
+    /// Bytes of queued request bodies an in-memory queue (no journal) may hold.
+    pub deferred_q_max_memory: u64,
     pub max_header_size: usize,
     pub max_headers: usize,
     pub client_header_timeout: Duration,
@@ -152,6 +158,9 @@ impl Config {
             deferred_q_fsync: FsyncPolicy::Always,
             deferred_q_max_age: None,
             max_request_body: 10 * 1024 * 1024,
+            client_body_buffer_size: 64 * 1024,
+            client_body_temp_dir: std::env::temp_dir(),
+            deferred_q_max_memory: 64 * 1024 * 1024,
             max_header_size: 16 * 1024,
             max_headers: 100,
             client_header_timeout: Duration::from_secs(10),
@@ -168,6 +177,8 @@ impl Config {
 const CONCURRENCY_PEAK_MAX: u64 = 65_536;
 const MAX_HEADER_SIZE_BYTES_RANGE: (u64, u64) = (1024, 1_048_576);
 const MAX_HEADERS_RANGE: (u64, u64) = (1, 1000);
+/// 1 KiB to 64 MiB of a request body in memory.
+const CLIENT_BODY_BUFFER_RANGE: (u64, u64) = (1024, 64 * 1024 * 1024);
 /// About 31 years: beyond any sensible timeout, and small enough that adding it to an
 /// `Instant` can never overflow (which would panic).
 const SECONDS_MAX: u64 = 1_000_000_000;
@@ -209,6 +220,9 @@ const KEYS: &[&str] = &[
     "DEFERRED_Q_FSYNC",
     "DEFERRED_Q_MAX_AGE",
     "MAX_REQUEST_BODY",
+    "CLIENT_BODY_BUFFER_SIZE",
+    "CLIENT_BODY_TEMP_DIR",
+    "DEFERRED_Q_MAX_MEMORY",
     "MAX_HEADER_SIZE",
     "MAX_HEADERS",
     "CLIENT_HEADER_TIMEOUT",
@@ -593,7 +607,9 @@ impl Entries<'_> {
             &mut c.deferred_q_max_age,
             "DEFERRED_Q_MAX_AGE",
             parse_max_age,
-        )
+        )?;
+        let memory = &mut c.deferred_q_max_memory;
+        self.set(memory, "DEFERRED_Q_MAX_MEMORY", parse_bytes)
     }
 
     fn read_headers(&self, c: &mut Config) -> Result<(), ConfigError> {
@@ -613,6 +629,16 @@ impl Entries<'_> {
         let keep_alive = &mut c.keep_alive_timeout;
         self.set(keep_alive, "KEEP_ALIVE_TIMEOUT", parse_keep_alive_timeout)?;
         self.set(&mut c.max_request_body, "MAX_REQUEST_BODY", parse_bytes)?;
+        self.set(
+            &mut c.client_body_buffer_size,
+            "CLIENT_BODY_BUFFER_SIZE",
+            |v| parse_usize_in(v, CLIENT_BODY_BUFFER_RANGE),
+        )?;
+        self.set(
+            &mut c.client_body_temp_dir,
+            "CLIENT_BODY_TEMP_DIR",
+            parse_path,
+        )?;
         self.set(&mut c.max_header_size, "MAX_HEADER_SIZE", |v| {
             parse_usize_in(v, MAX_HEADER_SIZE_BYTES_RANGE)
         })?;
@@ -1194,6 +1220,16 @@ mod tests {
         );
         assert_values!("MAX_HEADERS", max_headers, [("1", 1), ("1000", 1000)]);
         assert_values!(
+            "CLIENT_BODY_BUFFER_SIZE",
+            client_body_buffer_size,
+            [("1024", 1024), ("65536", 65536), ("67108864", 64 << 20)]
+        );
+        assert_values!(
+            "DEFERRED_Q_MAX_MEMORY",
+            deferred_q_max_memory,
+            [("0", 0), ("1048576", 1 << 20)]
+        );
+        assert_values!(
             "DEFERRED_Q_FSYNC",
             deferred_q_fsync,
             [
@@ -1330,6 +1366,9 @@ mod tests {
         ("LISTENER_PORT=", "got \"\""),
         ("LISTENER_PORT=80 80", "got \"80 80\""),
         ("ADMIN_PORT=99999", "expected a port"),
+        ("CLIENT_BODY_BUFFER_SIZE=1023", "an integer from 1024 to 67108864"),
+        ("CLIENT_BODY_TEMP_DIR=", "expected a file path"),
+        ("DEFERRED_Q_MAX_MEMORY=-1", "a number of bytes"),
         ("LISTENER_ADDRESS=localhost", "expected an IP address"),
         ("LISTENER_ADDRESS=[::]", "expected an IP address"),
         ("ADMIN_ADDRESS=1.2.3", "expected an IP address"),

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::accesslog;
+use crate::body::Body;
 use crate::buffer::IoBuf;
 use crate::error::{is_timeout, ClientError, LogCode, Reply};
 use crate::forward::{self, ClientFraming};
@@ -17,11 +18,12 @@ use crate::http::headers;
 use crate::http::{
     parse_request_into, BodyFraming, ChunkedDecoder, HeadLimits, RequestHead, Version,
 };
+use crate::logging::escaped;
 use crate::metrics::{self, METRICS};
 use crate::proxy::{Proxy, Scratch, Settings};
 use crate::queue::QueuedRequest;
 use crate::relay::{self, RelayEnd, Sink, RELAY_READ_BYTES};
-use crate::server::{linger_after_reply, Accepted, Pool, WorkerSlot};
+use crate::server::{linger_after_reply, state, Accepted, Pool, WorkerSlot};
 use crate::stream::Stream;
 use crate::upstream::{Exchange, OutgoingRequest};
 
@@ -90,7 +92,8 @@ pub struct Worker {
     inbuf: IoBuf,
     upbuf: IoBuf,
     out: Vec<u8>,
-    body: Vec<u8>,
+    /// The current request's body: memory up to CLIENT_BODY_BUFFER_SIZE, then a file.
+    body: Body,
     line: Vec<u8>,
     headers: Vec<u8>,
     /// The head of the current request; its buffers are reused by the next one.
@@ -156,7 +159,7 @@ impl Worker {
             inbuf: IoBuf::with_capacity(IDLE_INBUF_BYTES),
             upbuf: IoBuf::with_capacity(RELAY_READ_BYTES),
             out: Vec::new(),
-            body: Vec::new(),
+            body: Body::new(),
             line: Vec::new(),
             headers: Vec::new(),
             req: RequestHead::empty(),
@@ -226,7 +229,7 @@ impl Worker {
                 pool.release_hold();
             }
             self.req = head;
-            self.shrink_body();
+            self.body.clear(KEPT_BODY_BYTES);
             match next {
                 Next::KeepAlive if self.proxy.stopping() => {
                     return close_after(client, &[], &self.proxy, self.linger_if_pending())
@@ -261,6 +264,15 @@ impl Worker {
     /// One request whose head has been read: body, attempts, response.
     fn handle(&mut self, client: &mut Client, head: &RequestHead) -> (Next, Hold) {
         if let Err(e) = self.read_body(client, head) {
+            if let ClientError::BodyStore(why) = &e {
+                log::error!(
+                    "{} {}: {e} (CLIENT_BODY_TEMP_DIR {})",
+                    escaped(&head.method),
+                    escaped(&head.target),
+                    self.settings.1.cfg.client_body_temp_dir.display()
+                );
+                let _ = why;
+            }
             let head_only = head.method == "HEAD";
             let next = match e.reply() {
                 Some(reply) => {
@@ -329,9 +341,12 @@ impl Worker {
 
     /// Waits for the first byte of a request. The first request of a connection gets
     /// CLIENT_HEADER_TIMEOUT, later ones KEEP_ALIVE_TIMEOUT; running out closes quietly,
-    /// as nginx does, since no request was started. Only the wait between two requests
-    /// is reclaimable: a new client has usually sent its request already, and reclaiming
-    /// its worker would drop that request unanswered.
+    /// as nginx does, since no request was started. Both waits are reclaimable (the
+    /// acceptor may close the connection to give its worker to a new client). The first
+    /// one, on a plain connection, waits with a blocking peek that leaves the bytes in
+    /// the socket, where the acceptor's own peek sees them before it reclaims: a new
+    /// client's request that has arrived is never dropped. (Through TLS, OpenSSL may
+    /// hold decrypted bytes a peek cannot see, so a TLS first wait is not reclaimable.)
     fn wait_for_request(
         &mut self,
         client: &mut Client,
@@ -351,8 +366,16 @@ impl Worker {
         client
             .set_read_timeout(timeout)
             .map_err(ClientError::Gone)?;
+        if let (Wait::First, Stream::Plain(tcp)) = (wait, &client.stream) {
+            if !slot.go_idle(pool.now_ms(), state::FIRST) {
+                return Ok(false);
+            }
+            let peeked = tcp.peek(&mut [0u8; 1]);
+            // Reclaimed: the acceptor's peek found nothing, so no request is lost.
+            return Ok(slot.go_busy() && matches!(peeked, Ok(n) if n > 0));
+        }
         let reclaimable = wait == Wait::KeepAlive;
-        if reclaimable && !slot.go_idle(pool.now_ms()) {
+        if reclaimable && !slot.go_idle(pool.now_ms(), state::IDLE) {
             return Ok(false);
         }
         let read = self
@@ -376,7 +399,7 @@ impl Worker {
     /// than an inactivity timeout: a client dribbling a byte every second would
     /// otherwise hold a worker for as long as it likes.
     fn read_body(&mut self, client: &mut Client, head: &RequestHead) -> Result<(), ClientError> {
-        self.body.clear();
+        self.body.clear(KEPT_BODY_BYTES);
         let max = self.settings.1.cfg.max_request_body;
         match head.framing {
             BodyFraming::None | BodyFraming::Length(0) => return Ok(()),
@@ -391,54 +414,62 @@ impl Worker {
                 .map_err(ClientError::Gone)?;
         }
         match head.framing {
-            BodyFraming::Length(n) => self.read_length_body(client, n as usize, deadline),
+            BodyFraming::Length(n) => self.read_length_body(client, n, deadline),
             BodyFraming::Chunked => self.read_chunked_body(client, max, deadline),
             BodyFraming::None => Ok(()),
         }
     }
 
+    /// Reads `n` body bytes. Memory follows what arrives, never the declared length:
+    /// bytes go through the worker's read buffer into `self.body`, which keeps
+    /// CLIENT_BODY_BUFFER_SIZE in memory and spills the rest to its temporary file.
     fn read_length_body(
         &mut self,
         client: &mut Client,
-        n: usize,
+        n: u64,
         deadline: Instant,
     ) -> Result<(), ClientError> {
-        let buffered = self.inbuf.len().min(n);
-        self.body
-            .extend_from_slice(&self.inbuf.filled()[..buffered]);
-        self.inbuf.consume(buffered);
-        let start = self.body.len();
-        self.body.resize(n, 0);
-        let mut filled = start;
-        while filled < n {
-            client.set_body_deadline(deadline)?;
-            match io::Read::read(&mut client.stream, &mut self.body[filled..]) {
-                Ok(0) => return Err(ClientError::Gone(io::ErrorKind::UnexpectedEof.into())),
-                Ok(k) => filled += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_timeout(&e) => return Err(ClientError::BodyTimeout),
-                Err(e) => return Err(ClientError::Gone(e)),
+        let spill = self.settings.1.body_spill();
+        let mut left = n;
+        loop {
+            let take = (self.inbuf.len() as u64).min(left) as usize;
+            self.body
+                .append(&self.inbuf.filled()[..take], spill)
+                .map_err(ClientError::BodyStore)?;
+            self.inbuf.consume(take);
+            left -= take as u64;
+            if left == 0 {
+                return Ok(());
             }
+            client.set_body_deadline(deadline)?;
+            let want = RELAY_READ_BYTES.min(usize::try_from(left).unwrap_or(usize::MAX));
+            fill_body_bytes(&mut self.inbuf, client, want)?;
         }
-        Ok(())
     }
 
+    /// Decodes a chunked body into `self.body`. A chunk whose size line alone takes the
+    /// body past MAX_REQUEST_BODY is refused as soon as that line is read (413), as
+    /// nginx does, rather than after the client has sent it.
     fn read_chunked_body(
         &mut self,
         client: &mut Client,
         max: u64,
         deadline: Instant,
     ) -> Result<(), ClientError> {
+        let spill = self.settings.1.body_spill();
         let mut decoder = ChunkedDecoder::new();
         loop {
             while !self.inbuf.is_empty() && !decoder.is_done() {
                 let decoded = decoder
                     .decode(self.inbuf.filled())
                     .map_err(|_| ClientError::Malformed("bad chunked body"))?;
-                if (self.body.len() + decoded.data.len()) as u64 > max {
+                let after = self.body.len() + decoded.data.len() as u64;
+                if after.saturating_add(decoder.chunk_remaining()) > max {
                     return Err(ClientError::BodyTooLarge);
                 }
-                self.body.extend_from_slice(decoded.data);
+                self.body
+                    .append(decoded.data, spill)
+                    .map_err(ClientError::BodyStore)?;
                 let consumed = decoded.consumed;
                 self.inbuf.consume(consumed);
             }
@@ -446,12 +477,7 @@ impl Worker {
                 return Ok(());
             }
             client.set_body_deadline(deadline)?;
-            match self.inbuf.read_from(&mut client.stream, RELAY_READ_BYTES) {
-                Ok(Some(0)) => return Err(ClientError::Gone(io::ErrorKind::UnexpectedEof.into())),
-                Ok(Some(_)) | Ok(None) => {}
-                Err(e) if is_timeout(&e) => return Err(ClientError::BodyTimeout),
-                Err(e) => return Err(ClientError::Gone(e)),
-            }
+            fill_body_bytes(&mut self.inbuf, client, RELAY_READ_BYTES)?;
         }
     }
 
@@ -484,7 +510,7 @@ impl Worker {
             queueable && settings.cfg.enable_deferred_q,
         );
         if upfront {
-            return self.enqueue(client, head, Reply::Queued);
+            return self.enqueue(client, head, Reply::Queued, Reply::Unavailable);
         }
         let req = OutgoingRequest {
             method: &head.method,
@@ -506,14 +532,25 @@ impl Worker {
                 self.outcome.upstream_time = Some(upstream_started.elapsed());
                 (next, Hold::Released)
             }
-            Err(_) if deferred => self.enqueue(client, head, Reply::Buffered),
+            Err(last) if deferred => {
+                let unqueued = last.reply();
+                self.enqueue(client, head, Reply::Buffered, unqueued)
+            }
             Err(last) => (self.reply(client, head, last.reply()), Hold::Released),
         }
     }
 
     /// Puts the request, as it would go upstream, at the tail of the queue, and tells
     /// the client with `reply`. The request keeps its slot until it is delivered.
-    fn enqueue(&mut self, client: &mut Client, head: &RequestHead, reply: Reply) -> (Next, Hold) {
+    /// `unqueued` is the answer when the queue cannot take it: what the client would
+    /// have got with the queue disabled.
+    fn enqueue(
+        &mut self,
+        client: &mut Client,
+        head: &RequestHead,
+        reply: Reply,
+        unqueued: Reply,
+    ) -> (Next, Hold) {
         let request_id = self.outcome.request_id.clone();
         let queued = QueuedRequest {
             method: head.method.clone(),
@@ -524,7 +561,6 @@ impl Worker {
             request_id,
             client: client.peer.ip(),
             queued_at: Instant::now(),
-            seq: None,
         };
         match self.proxy.queue.push(queued) {
             Ok(()) => {
@@ -536,9 +572,14 @@ impl Worker {
                 });
                 (self.reply(client, head, reply), Hold::Queued)
             }
-            Err(_) => {
-                log::error!("{} {} could not be queued", head.method, head.target);
-                (self.reply(client, head, Reply::Unavailable), Hold::Released)
+            Err(e) => {
+                log::error!(
+                    "{} {} (X-Request-Id {}) not queued: {e}",
+                    escaped(&head.method),
+                    escaped(&head.target),
+                    self.outcome.request_id
+                );
+                (self.reply(client, head, unqueued), Hold::Released)
             }
         }
     }
@@ -657,8 +698,8 @@ impl Worker {
             RelayEnd::UpstreamBroke(why) => {
                 log::warn!(
                     "{} {}: {} broke off mid-response: {why}",
-                    head.method,
-                    head.target,
+                    escaped(&head.method),
+                    escaped(&head.target),
                     settings.upstreams.list[idx].label
                 );
                 Next::Abort
@@ -714,11 +755,20 @@ impl Worker {
             Linger::Always
         }
     }
+}
 
-    fn shrink_body(&mut self) {
-        if self.body.capacity() > KEPT_BODY_BYTES {
-            self.body = Vec::new();
-        }
+/// One read of at most `limit` bytes from the client into `inbuf`; EOF or a timeout
+/// mid-body end the request.
+fn fill_body_bytes(
+    inbuf: &mut IoBuf,
+    client: &mut Client,
+    limit: usize,
+) -> Result<(), ClientError> {
+    match inbuf.read_from(&mut client.stream, limit) {
+        Ok(Some(0)) => Err(ClientError::Gone(io::ErrorKind::UnexpectedEof.into())),
+        Ok(Some(_)) | Ok(None) => Ok(()),
+        Err(e) if is_timeout(&e) => Err(ClientError::BodyTimeout),
+        Err(e) => Err(ClientError::Gone(e)),
     }
 }
 

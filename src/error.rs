@@ -92,6 +92,9 @@ pub enum ClientError {
     UnsupportedCoding,
     /// The client went away or its socket failed: nothing can be answered.
     Gone(io::Error),
+    /// The body could not be kept (its temporary file in CLIENT_BODY_TEMP_DIR failed):
+    /// ServiceQ's side, answered 503 and logged on stderr.
+    BodyStore(io::Error),
 }
 
 impl ClientError {
@@ -105,6 +108,7 @@ impl ClientError {
             ClientError::UnsupportedVersion => Some(Reply::VersionNotSupported),
             ClientError::UnsupportedCoding => Some(Reply::NotImplemented),
             ClientError::Gone(_) => None,
+            ClientError::BodyStore(_) => Some(Reply::Unavailable),
         }
     }
 }
@@ -131,6 +135,7 @@ impl fmt::Display for ClientError {
             ClientError::UnsupportedVersion => f.write_str("unsupported HTTP version"),
             ClientError::UnsupportedCoding => f.write_str("unsupported transfer coding"),
             ClientError::Gone(e) => write!(f, "client connection lost: {e}"),
+            ClientError::BodyStore(e) => write!(f, "cannot keep the request body: {e}"),
         }
     }
 }

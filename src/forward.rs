@@ -32,7 +32,7 @@ pub struct Origin<'a> {
 /// endpoint), with the blank line, into `headers`. Returns the request id used.
 pub fn upstream_request(
     head: &RequestHead,
-    body_len: usize,
+    body_len: u64,
     origin: &Origin<'_>,
     new_id: impl FnOnce() -> String,
     line: &mut Vec<u8>,
@@ -49,7 +49,7 @@ pub fn upstream_request(
 /// buffers are large enough.
 pub fn upstream_request_into(
     head: &RequestHead,
-    body_len: usize,
+    body_len: u64,
     origin: &Origin<'_>,
     new_id: impl FnOnce(&mut String),
     id: &mut String,
@@ -111,7 +111,7 @@ pub fn upstream_request_into(
     headers.extend_from_slice(&custom.rendered);
     if body_len > 0 || head.framing != crate::http::BodyFraming::None {
         headers.extend_from_slice(b"Content-Length: ");
-        push_decimal(headers, body_len as u64);
+        push_decimal(headers, body_len);
         headers.extend_from_slice(b"\r\n");
     }
     headers.extend_from_slice(b"\r\n");
@@ -151,16 +151,30 @@ pub fn client_response_head(
     push_decimal(out, u64::from(resp.status));
     push_all(out, &[b" ", resp.reason.as_bytes(), b"\r\n"]);
     let tokens = connection_tokens(&resp.headers);
+    // The body's length, when ServiceQ relays it as the endpoint framed it: written
+    // from the parsed framing, never copied, so that no header (a `Connection` naming
+    // `Content-Length`, say) can leave a keep-alive response without framing.
+    let length = match (framing, resp.framing) {
+        (ClientFraming::AsIs, ResponseFraming::Length(n)) => Some(n),
+        _ => None,
+    };
     for h in &resp.headers {
         let name = h.name.as_str();
-        let reframed =
-            framing != ClientFraming::AsIs && name.eq_ignore_ascii_case("content-length");
+        let is_length = name.eq_ignore_ascii_case("content-length");
+        // Without a body (HEAD, 204, 304), Content-Length describes the resource, not
+        // this message's framing: it is an ordinary field.
+        let reframed = is_length && (length.is_some() || framing != ClientFraming::AsIs);
         if reframed || is_hop_by_hop(name, &tokens) || custom.replaces(name) {
             continue;
         }
         push_header(out, name.as_bytes(), &h.value);
     }
     out.extend_from_slice(&custom.rendered);
+    if let Some(n) = length {
+        out.extend_from_slice(b"Content-Length: ");
+        push_decimal(out, n);
+        out.extend_from_slice(b"\r\n");
+    }
     if framing == ClientFraming::Chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
@@ -289,6 +303,62 @@ mod tests {
         let text = String::from_utf8(headers).unwrap();
         assert!(text.contains("X-Forwarded-For: ::1\r\n"), "{text}");
         assert!(text.contains("Content-Length: 0\r\n"), "{text}");
+    }
+
+    #[test]
+    fn connection_naming_framing_fields_keeps_the_framing() {
+        let head = |framing, headers: Vec<Header>| ResponseHead {
+            version: Version::Http11,
+            status: 200,
+            reason: "OK".into(),
+            headers,
+            framing,
+            keep_alive: true,
+        };
+        let render = |resp: &ResponseHead| {
+            let mut out = Vec::new();
+            let framing = client_framing(resp.framing, Version::Http11);
+            client_response_head(
+                resp,
+                framing,
+                false,
+                Version::Http11,
+                &no_custom(),
+                &mut out,
+            );
+            String::from_utf8(out).unwrap()
+        };
+        let length = head(
+            ResponseFraming::Length(5),
+            vec![
+                header("Connection", "Content-Length"),
+                header("Content-Length", "5"),
+            ],
+        );
+        assert_eq!(
+            render(&length),
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+        );
+        let chunked = head(
+            ResponseFraming::Chunked,
+            vec![
+                header("Connection", "Transfer-Encoding"),
+                header("Transfer-Encoding", "chunked"),
+            ],
+        );
+        assert_eq!(
+            render(&chunked),
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        // No body (a HEAD or 304): Content-Length is the resource's, passed on as it is.
+        let bodiless = head(
+            ResponseFraming::NoBody,
+            vec![header("Content-Length", "42")],
+        );
+        assert_eq!(
+            render(&bodiless),
+            "HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n"
+        );
     }
 
     #[test]

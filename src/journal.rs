@@ -108,7 +108,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -185,7 +186,35 @@ impl JournalOptions {
     }
 }
 
-/// A request recovered at start-up, in original append order.
+/// A request still queued at start-up, in original append order. Its payload stays on
+/// disk until [`Journal::read`] is asked for it, so recovery costs no memory per byte
+/// queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    pub seq: u64,
+    pub appended_at: SystemTime,
+}
+
+/// A payload written in pieces, for requests whose body is not in memory: its length,
+/// and its bytes, produced twice (once for the checksum, once for the file).
+pub trait Payload {
+    fn payload_len(&self) -> usize;
+    fn write_to(&self, out: &mut dyn Write) -> io::Result<()>;
+}
+
+impl Payload for &[u8] {
+    fn payload_len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+    fn write_to(&self, out: &mut dyn Write) -> io::Result<()> {
+        out.write_all(self)
+    }
+}
+
+/// Payloads up to this size are assembled in memory and written with one `write`.
+const STREAMED_PAYLOAD_BYTES: usize = 256 * 1024;
+
+/// A record read from a file (segment or dead-letter file), with its payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovered {
     pub seq: u64,
@@ -223,6 +252,64 @@ impl std::error::Error for JournalError {
 // ---------------------------------------------------------------------------------------
 // Record encoding and scanning
 // ---------------------------------------------------------------------------------------
+
+/// A record header for a payload of `len` bytes whose own CRC-32 is `payload_crc`.
+fn header(
+    kind: u8,
+    seq: u64,
+    micros: u64,
+    len: usize,
+    payload_crc: crc32fast::Hasher,
+) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..4].copy_from_slice(&MAGIC);
+    // Callers check len <= MAX_PAYLOAD, so this fits in u32.
+    h[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+    h[12..16].copy_from_slice(&[kind, FORMAT_VERSION, 0, 0]);
+    h[16..24].copy_from_slice(&seq.to_le_bytes());
+    h[24..32].copy_from_slice(&micros.to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&h[8..]);
+    crc.combine(&payload_crc);
+    h[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
+    h
+}
+
+/// A `Write` that only feeds a checksum.
+struct HashWriter(crc32fast::Hasher);
+
+impl Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A `Write` that counts what went through it.
+struct Counting<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Counting<W> {
+    fn new(inner: W) -> Self {
+        Counting { inner, count: 0 }
+    }
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
 
 fn encode(kind: u8, seq: u64, micros: u64, payload: &[u8]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(HEADER_LEN + payload.len());
@@ -508,14 +595,24 @@ impl Segment {
     }
 }
 
+/// Where an unacknowledged APPEND record is, and when it was appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Loc {
+    micros: u64,
+    /// Segment id (its file number) and the record's offset in it.
+    seg: u64,
+    offset: u64,
+    len: u32,
+}
+
 struct State {
     /// The active segment (the back of `segments`), opened for append.
     active: Arc<File>,
     /// Oldest first; the last one is the active segment.
     segments: VecDeque<Segment>,
     next_seq: u64,
-    /// Unacknowledged seqs → appended-at (µs).
-    pending: HashMap<u64, u64>,
+    /// Unacknowledged seqs → appended-at and where the record is.
+    pending: HashMap<u64, Loc>,
     /// Number of records written so far (a log sequence number for group commit).
     written: u64,
     /// All records up to this count are fsynced.
@@ -580,13 +677,45 @@ impl Inner {
     }
 
     /// Writes one encoded record to the active segment, rotating first if it is full.
-    fn write_record(&self, st: &mut State, rec: &[u8]) -> io::Result<()> {
+    /// Returns the segment id and offset it was written at.
+    fn write_record(&self, st: &mut State, rec: &[u8]) -> io::Result<(u64, u64)> {
+        self.write_record_with(st, rec.len() as u64, &mut |out| out.write_all(rec))
+    }
+
+    /// Writes a record of `total` bytes produced by `write` (header then payload) to the
+    /// active segment. On any error the partial record is cut off again.
+    fn write_record_with(
+        &self,
+        st: &mut State,
+        total: u64,
+        write: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<(u64, u64)> {
         let bytes = st.active_seg().bytes;
         if bytes >= self.segment_bytes && bytes > HEADER_LEN as u64 {
             self.rotate(st)?;
         }
         let before = st.active_seg().bytes;
-        if let Err(e) = (&*st.active).write_all(rec) {
+        let id = st.active_seg().id;
+        let file = Arc::clone(&st.active);
+        let written = if total as usize <= STREAMED_PAYLOAD_BYTES + HEADER_LEN {
+            let mut out = Counting::new(&*file);
+            write(&mut out).map(|()| out.count)
+        } else {
+            let mut out = Counting::new(BufWriter::with_capacity(STREAMED_PAYLOAD_BYTES, &*file));
+            write(&mut out)
+                .and_then(|()| out.inner.flush())
+                .map(|()| out.count)
+        };
+        let written = written.and_then(|n| {
+            if n == total {
+                Ok(())
+            } else {
+                Err(io::Error::other(format!(
+                    "record of {total} bytes came out as {n}"
+                )))
+            }
+        });
+        if let Err(e) = written {
             // Cut a partial record off so the next one follows the last complete one.
             // If even that fails, recovery will skip the fragment as a corrupt record.
             if st.active.set_len(before).is_err() {
@@ -596,9 +725,9 @@ impl Inner {
             }
             return Err(e);
         }
-        st.active_seg().bytes += rec.len() as u64;
+        st.active_seg().bytes += total;
         st.written += 1;
-        Ok(())
+        Ok((id, before))
     }
 
     /// Closes the active segment and starts the next one. Runs under the state mutex;
@@ -712,8 +841,10 @@ impl Inner {
         let mut out = encode(KIND_START, seg.base_seq, now_micros(), &[]);
         let mut kept = Segment::new(seg.id);
         kept.base_seq = seg.base_seq;
+        let mut moved = Vec::new();
         for (off, rec) in scan(&buf).records {
             if rec.kind == KIND_APPEND && seg.holds(rec.seq) && st.pending.contains_key(&rec.seq) {
+                moved.push((rec.seq, out.len() as u64));
                 out.extend_from_slice(&buf[off..off + rec.total]);
                 kept.add_append(rec.seq);
             }
@@ -734,6 +865,11 @@ impl Inner {
         }
         kept.bytes = out.len() as u64;
         st.segments[i] = kept;
+        for (seq, offset) in moved {
+            if let Some(loc) = st.pending.get_mut(&seq) {
+                loc.offset = offset;
+            }
+        }
         Ok(())
     }
 }
@@ -786,12 +922,15 @@ pub struct Journal {
     syncer: Option<JoinHandle<()>>,
 }
 
-/// One request read at start-up (internal).
+/// One request read at start-up (internal): where its record is, not its payload.
 struct Entry {
     seq: u64,
     micros: u64,
-    payload: Vec<u8>,
+    /// Index into the segment list, the segment's id, the record's offset and length.
     seg: usize,
+    seg_id: u64,
+    offset: u64,
+    len: u32,
 }
 
 impl Journal {
@@ -800,7 +939,7 @@ impl Journal {
     /// corrupt records skipped, each with file and offset).
     pub fn open(
         opts: JournalOptions,
-    ) -> Result<(Journal, Vec<Recovered>, Vec<String>), JournalError> {
+    ) -> Result<(Journal, Vec<Pending>, Vec<String>), JournalError> {
         let dir = opts.dir.clone();
         let dir_err = |path: &Path, source: io::Error| JournalError::Dir {
             path: path.to_path_buf(),
@@ -870,8 +1009,10 @@ impl Journal {
                         entries.push(Some(Entry {
                             seq: rec.seq,
                             micros: rec.micros,
-                            payload: rec.payload.to_vec(),
                             seg: si,
+                            seg_id: id,
+                            offset: *off as u64,
+                            len: rec.payload.len() as u32,
                         }));
                     }
                     _ => {
@@ -935,24 +1076,24 @@ impl Journal {
 
         check_dead_letter(&dir, opts.fsync, &mut warnings)?;
 
-        let recovered = entries
-            .into_iter()
-            .flatten()
-            .map(|e| Recovered {
+        let live: Vec<Entry> = entries.into_iter().flatten().collect();
+        let recovered = live
+            .iter()
+            .map(|e| Pending {
                 seq: e.seq,
                 appended_at: from_micros(e.micros),
-                payload: e.payload,
             })
             .collect::<Vec<_>>();
-        let pending = recovered
+        let pending = live
             .iter()
-            .map(|r| {
-                let micros = r
-                    .appended_at
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-                    .unwrap_or(0);
-                (r.seq, micros)
+            .map(|e| {
+                let loc = Loc {
+                    micros: e.micros,
+                    seg: e.seg_id,
+                    offset: e.offset,
+                    len: e.len,
+                };
+                (e.seq, loc)
             })
             .collect();
 
@@ -1002,15 +1143,23 @@ impl Journal {
     /// If the fsync fails the error is returned, but the record may still be on disk
     /// and be delivered after a restart (at least once).
     pub fn append(&self, payload: &[u8]) -> io::Result<u64> {
-        if payload.len() > MAX_PAYLOAD {
+        self.append_payload(&payload)
+    }
+
+    /// [`append`](Self::append) for a payload produced in pieces. A large payload is
+    /// read twice: once outside the lock for its checksum, once into the file, through
+    /// a bounded buffer, so a request body never has to be in memory whole.
+    pub fn append_payload(&self, payload: &dyn Payload) -> io::Result<u64> {
+        let len = payload.payload_len();
+        if len > MAX_PAYLOAD {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!(
-                    "request of {} bytes is over the journal's {MAX_PAYLOAD}-byte cap",
-                    payload.len()
-                ),
+                format!("request of {len} bytes is over the journal's {MAX_PAYLOAD}-byte cap"),
             ));
         }
+        let mut crc = HashWriter(crc32fast::Hasher::new());
+        payload.write_to(&mut crc)?;
+        let payload_crc = crc.0;
         let micros = now_micros();
         let (seq, lsn) = {
             let mut st = self.inner.lock()?;
@@ -1019,10 +1168,20 @@ impl Journal {
             let next = seq
                 .checked_add(1)
                 .ok_or_else(|| io::Error::other("journal sequence numbers exhausted"))?;
-            let rec = encode(KIND_APPEND, seq, micros, payload);
-            self.inner.write_record(&mut st, &rec)?;
+            let header = header(KIND_APPEND, seq, micros, len, payload_crc.clone());
+            let total = (HEADER_LEN + len) as u64;
+            let (seg, offset) = self.inner.write_record_with(&mut st, total, &mut |out| {
+                out.write_all(&header)?;
+                payload.write_to(out)
+            })?;
             st.next_seq = next;
-            st.pending.insert(seq, micros);
+            let loc = Loc {
+                micros,
+                seg,
+                offset,
+                len: len as u32,
+            };
+            st.pending.insert(seq, loc);
             st.active_seg().add_append(seq);
             (seq, st.written)
         };
@@ -1030,6 +1189,39 @@ impl Journal {
             self.inner.wait_durable(lsn)?;
         }
         Ok(seq)
+    }
+
+    /// The payload of an unacknowledged request, read back from its segment (and its
+    /// checksum verified). A compaction may move the record meanwhile; the read is
+    /// then done again at its new place.
+    pub fn read(&self, seq: u64) -> io::Result<Vec<u8>> {
+        for _ in 0..3 {
+            let loc = {
+                let st = self.inner.lock()?;
+                st.pending.get(&seq).copied()
+            };
+            let Some(loc) = loc else {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("record {seq} is not queued"),
+                ));
+            };
+            let mut buf = vec![0u8; HEADER_LEN + loc.len as usize];
+            let path = self.inner.seg_path(loc.seg);
+            match File::open(&path).and_then(|f| f.read_exact_at(&mut buf, loc.offset)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => continue,
+                Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+            }
+            if matches!(parse_at(&buf, 0), Ok(r) if r.kind == KIND_APPEND && r.seq == seq) {
+                buf.drain(..HEADER_LEN);
+                return Ok(buf);
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("record {seq} does not read back (corrupt on disk?)"),
+        ))
     }
 
     /// Acknowledges a delivered request. Unknown or already acknowledged seqs are
@@ -1060,23 +1252,19 @@ impl Journal {
     /// Moves a request to `dead-letter.log` (fsynced unless `Fsync::Never`) and then
     /// acknowledges it. A seq that is not pending is ignored. A crash between the two
     /// steps leaves the request in both places (delivered once more, at least once).
-    pub fn dead_letter(&self, seq: u64, payload: &[u8]) -> io::Result<()> {
-        if payload.len() > MAX_PAYLOAD {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "dead-letter payload over the journal's size cap",
-            ));
-        }
+    pub fn dead_letter(&self, seq: u64) -> io::Result<()> {
         // Held across the ACK so the same seq is never dead-lettered twice.
         let mut dead = self.inner.dead.lock().map_err(|_| poisoned())?;
         let micros = {
             let st = self.inner.lock()?;
             st.check_failed()?;
             match st.pending.get(&seq) {
-                Some(&micros) => micros,
+                Some(loc) => loc.micros,
                 None => return Ok(()),
             }
         };
+        let payload = self.read(seq)?;
+        let payload = payload.as_slice();
         let path = self.inner.dir.join(DEAD_LETTER_FILE);
         if dead.is_none() {
             let existed = path.exists();
@@ -1325,8 +1513,19 @@ mod tests {
         }
     }
 
+    /// Opens the journal and reads every recovered payload back through
+    /// [`Journal::read`], so each test also checks the read-back path.
     fn open(opts: JournalOptions) -> (Journal, Vec<Recovered>, Vec<String>) {
-        Journal::open(opts).expect("open journal")
+        let (j, pending, warnings) = Journal::open(opts).expect("open journal");
+        let recs = pending
+            .iter()
+            .map(|p| Recovered {
+                seq: p.seq,
+                appended_at: p.appended_at,
+                payload: j.read(p.seq).expect("read back"),
+            })
+            .collect();
+        (j, recs, warnings)
     }
 
     fn payloads(recs: &[Recovered]) -> Vec<Vec<u8>> {
@@ -1705,9 +1904,9 @@ mod tests {
             drop(j);
             let (j, rec, _) = open(t.opts(Fsync::Always));
             at = rec[1].appended_at;
-            j.dead_letter(s, b"too old").unwrap();
-            j.dead_letter(s, b"too old").unwrap(); // already moved: no-op
-            j.dead_letter(99, b"unknown").unwrap(); // not pending: no-op
+            j.dead_letter(s).unwrap();
+            j.dead_letter(s).unwrap(); // already moved: no-op
+            j.dead_letter(99).unwrap(); // not pending: no-op
         }
         let (_j, rec, warn) = open(t.opts(Fsync::Always));
         assert!(warn.is_empty(), "{warn:?}");
@@ -1731,7 +1930,7 @@ mod tests {
             let (j, _, _) = open(t.opts(Fsync::Never));
             j.append(b"x").unwrap();
             j.append(b"y").unwrap();
-            j.dead_letter(1, b"x").unwrap();
+            j.dead_letter(1).unwrap();
         }
         let dl = t.0.join(DEAD_LETTER_FILE);
         let good = fs::metadata(&dl).unwrap().len();
@@ -1743,7 +1942,7 @@ mod tests {
         assert_eq!(warn.len(), 1, "{warn:?}");
         assert!(warn[0].contains(DEAD_LETTER_FILE));
         assert_eq!(fs::metadata(&dl).unwrap().len(), good);
-        j.dead_letter(2, b"y").unwrap();
+        j.dead_letter(2).unwrap();
         let (dead, warn) = read_records(&dl).unwrap();
         assert!(warn.is_empty());
         assert_eq!(dead.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2]);

@@ -11,6 +11,7 @@
 pub mod accesslog;
 pub mod admin;
 pub mod balancer;
+pub mod body;
 pub mod buffer;
 pub mod config;
 pub mod conn;

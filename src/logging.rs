@@ -14,6 +14,35 @@ use time::{OffsetDateTime, UtcOffset};
 
 use crate::error::LogCode;
 
+/// Client-supplied text (a request target, a header value) is cut to this many bytes
+/// wherever it is logged.
+pub const MAX_LOGGED_CLIENT_BYTES: usize = 512;
+
+/// Client bytes in a log line — the access log's fields and every stderr line that
+/// shows what a client sent: capped at `MAX_LOGGED_CLIENT_BYTES`, with quotes,
+/// backslashes, control characters and non-ASCII escaped as `\xHH` (nginx's
+/// escaping), so a line can never be split, forged or made huge by a client.
+pub struct Escaped<'a>(pub &'a [u8]);
+
+/// `Escaped` for text held as a `str` (a method, a target).
+pub fn escaped(text: &str) -> Escaped<'_> {
+    Escaped(text.as_bytes())
+}
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        for &b in self.0.iter().take(MAX_LOGGED_CLIENT_BYTES) {
+            if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+                write!(f, "\\x{b:02X}")?;
+            } else {
+                f.write_char(char::from(b))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// SPEC §7: `ServiceQ: 2018/04/18 14:10:28 Error detected on …`.
 const ERROR_LOG_TIME: &[FormatItem<'static>] =
     format_description!("[year]/[month]/[day] [hour]:[minute]:[second]");
@@ -120,6 +149,18 @@ mod tests {
         );
         let flood = format_line(at, &"serviceq:5252", LogCode::Flooded);
         assert!(flood.ends_with("serviceq:5252 [Code: 601, SERVICEQ_FLOODED]\n"));
+    }
+
+    #[test]
+    fn client_bytes_are_escaped_and_capped() {
+        let evil = format!("a\"b\nc\\\u{1b}é{}", "x".repeat(1000));
+        let shown = escaped(&evil).to_string();
+        assert!(
+            shown.starts_with("a\\x22b\\x0Ac\\x5C\\x1B\\xC3\\xA9x"),
+            "{shown}"
+        );
+        assert!(!shown.contains('\n'));
+        assert_eq!(shown.matches('x').count() - 6, MAX_LOGGED_CLIENT_BYTES - 9);
     }
 
     #[test]

@@ -18,7 +18,6 @@ use serviceq::config::{self, Config, ConfigError};
 use serviceq::journal::{Fsync, Journal, JournalOptions};
 use serviceq::logging::{self, ErrorLog};
 use serviceq::proxy::{Durable, Logs, Proxy, TlsSetup};
-use serviceq::queue::QueuedRequest;
 use serviceq::server::{self, RunError};
 use serviceq::tls;
 
@@ -72,6 +71,7 @@ fn run() -> Result<(), String> {
         eprintln!("serviceq: warning: {w}");
     }
     check_body_fits_journal(&cfg)?;
+    check_body_temp_dir(&cfg)?;
     let tls = TlsSetup {
         acceptor: tls::listener_acceptor(&cfg)
             .map_err(|e| startup_error(&cfg, e.key, e.message))?,
@@ -197,16 +197,9 @@ fn open_journal(cfg: &Config) -> Result<Durable, String> {
     for w in warnings {
         log::warn!("queue journal: {w}");
     }
-    let mut recovered = Vec::with_capacity(records.len());
-    for rec in &records {
-        match QueuedRequest::decode(rec) {
-            Ok(req) => recovered.push(req),
-            Err(why) => {
-                log::warn!("queue journal: record {} skipped: {why}", rec.seq);
-                let _ = journal.ack(rec.seq);
-            }
-        }
-    }
+    // Only the order is read now; each payload is read back (and checked) when it is
+    // delivered, so recovery takes no memory per byte queued.
+    let recovered = records;
     log::info!(
         "queue journal {}: {} requests recovered",
         dir.display(),
@@ -236,6 +229,20 @@ fn check_body_fits_journal(cfg: &Config) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Request bodies past CLIENT_BODY_BUFFER_SIZE spill into CLIENT_BODY_TEMP_DIR: a
+/// directory that cannot take a file would fail every large upload, so it fails the
+/// start instead.
+fn check_body_temp_dir(cfg: &Config) -> Result<(), String> {
+    let dir = &cfg.client_body_temp_dir;
+    serviceq::body::check_temp_dir(dir).map_err(|e| {
+        startup_error(
+            cfg,
+            "CLIENT_BODY_TEMP_DIR",
+            format!("cannot create a temporary file in {}: {e}", dir.display()),
+        )
+    })
 }
 
 /// `--check` cannot open the journal (a running instance holds its lock), so it checks

@@ -16,10 +16,10 @@ use crate::buffer::IoBuf;
 use crate::config::Config;
 use crate::error::{AttemptError, Reply};
 use crate::http::ResponseHead;
-use crate::journal::Journal;
+use crate::journal::{Journal, Pending};
 use crate::linger::Lingerer;
 use crate::logging::ErrorLog;
-use crate::queue::{self, Queue, QueuedRequest, Replay};
+use crate::queue::{self, Queue, Replay};
 use crate::upstream::{Exchange, Held, OutgoingRequest, Upstreams};
 
 /// Header lines added to every message in one direction, pre-rendered once.
@@ -132,6 +132,8 @@ pub struct Settings {
     pub upstreams: Upstreams,
     pub response_headers: CustomHeaders,
     pub request_headers: CustomHeaders,
+    /// Where request bodies beyond CLIENT_BODY_BUFFER_SIZE go.
+    spill: crate::body::Spill,
 }
 
 impl Settings {
@@ -149,6 +151,10 @@ impl Settings {
             upstreams,
             response_headers: CustomHeaders::new(&cfg.custom_response_headers),
             request_headers: CustomHeaders::new(&cfg.custom_request_headers),
+            spill: crate::body::Spill {
+                memory_bytes: cfg.client_body_buffer_size,
+                dir: cfg.client_body_temp_dir.clone(),
+            },
             cfg,
         }
     }
@@ -187,7 +193,11 @@ impl Settings {
                 Err(e) => {
                     up.record_failure(e.log_code());
                     errlog.record(&up.label, e.log_code());
-                    log::debug!("{} attempt on {}: {e}", req.method, up.label);
+                    log::debug!(
+                        "{} attempt on {}: {e}",
+                        crate::logging::escaped(req.method),
+                        up.label
+                    );
                     last = Some(e);
                 }
             }
@@ -216,6 +226,11 @@ impl Settings {
             out.extend_from_slice(body.as_bytes());
         }
         out
+    }
+
+    /// Where request bodies beyond CLIENT_BODY_BUFFER_SIZE go.
+    pub fn body_spill(&self) -> &crate::body::Spill {
+        &self.spill
     }
 
     /// Whether a request may wait in the queue (SPEC §5).
@@ -251,7 +266,8 @@ pub struct Proxy {
 #[derive(Default)]
 pub struct Durable {
     pub journal: Option<Arc<Journal>>,
-    pub recovered: Vec<QueuedRequest>,
+    /// The requests it still held, in order (their payloads stay on disk).
+    pub recovered: Vec<Pending>,
 }
 
 /// The log files, opened at start-up.
@@ -276,9 +292,9 @@ impl Proxy {
         durable: Durable,
     ) -> io::Result<(Self, Replay)> {
         let (queue, replay) = queue::channel(
-            cfg.concurrency_peak,
             durable.journal,
             durable.recovered,
+            cfg.deferred_q_max_memory,
             cfg.deferred_q_max_age,
         );
         let proxy = Proxy {
@@ -371,6 +387,10 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         ),
         ("ERROR_LOG_FILE", old.error_log_file != new.error_log_file),
         ("DEFERRED_Q_DIR", old.deferred_q_dir != new.deferred_q_dir),
+        (
+            "DEFERRED_Q_MAX_MEMORY",
+            old.deferred_q_max_memory != new.deferred_q_max_memory,
+        ),
         (
             "DEFERRED_Q_FSYNC",
             old.deferred_q_fsync != new.deferred_q_fsync,

@@ -2,8 +2,9 @@
 //! SPEC §6's `CONCURRENCY_PEAK`. This file reads no HTTP bytes.
 //!
 //! The acceptor hands each connection to a free worker through a `Handoff`. When no
-//! worker is free, it reclaims the worker that has sat longest on an idle keep-alive
-//! connection (shutting that socket down wakes the worker's blocking read); only when
+//! worker is free, it reclaims the worker that has waited longest on a connection that
+//! holds no request — idle between two requests, or new and silent so far (shutting
+//! that socket down wakes the worker's blocking read); only when
 //! every worker is busy with a request, or the held requests reach the peak, does the
 //! acceptor answer 429 itself and pass the socket to the lingering closer, so that the
 //! client reads the whole response rather than a reset.
@@ -33,6 +34,12 @@ pub const WORKER_STACK_BYTES: usize = 256 * 1024;
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// Pending connections the kernel queues before `accept`.
 const LISTEN_BACKLOG: i32 = 1024;
+/// How long a new connection may stay silent before its worker can be reclaimed. A
+/// client writes its request as soon as it is connected, so its first bytes reach us
+/// within microseconds of the accept (a round trip at most); a connection silent this
+/// long is a slow or idle client, and reclaiming it earlier would race clients that
+/// simply have not written yet.
+pub const FIRST_BYTE_GRACE_MS: u64 = 250;
 
 /// What a worker is doing, as the acceptor sees it.
 pub mod state {
@@ -43,6 +50,11 @@ pub mod state {
     pub const IDLE: u8 = 2;
     /// The acceptor closed this worker's idle connection and counts it as reserved.
     pub const RECLAIMED: u8 = 3;
+    /// Waiting for the first byte of a new connection's first request: reclaimable
+    /// once a peek shows that nothing has arrived.
+    pub const FIRST: u8 = 4;
+    /// The acceptor is peeking at a `FIRST` connection; the worker waits for its verdict.
+    pub const CHECKING: u8 = 5;
 }
 
 /// The acceptor's view of one worker.
@@ -63,31 +75,48 @@ impl WorkerSlot {
         }
     }
 
-    /// Called by the worker when it waits for a further request. Returns false if the
+    /// Called by the worker when it waits for a further request (`state::IDLE`) or,
+    /// on a plain connection, for the first one (`state::FIRST`). Returns false if the
     /// connection was reclaimed meanwhile.
-    pub fn go_idle(&self, now_ms: u64) -> bool {
+    pub fn go_idle(&self, now_ms: u64, waiting: u8) -> bool {
         self.idle_since.store(now_ms, Ordering::Relaxed);
         self.state
-            .compare_exchange(
-                state::BUSY,
-                state::IDLE,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
+            .compare_exchange(state::BUSY, waiting, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     }
 
-    /// Called by the worker when bytes of a further request arrive. Returns false if
-    /// the acceptor reclaimed the connection first; the worker must then close it.
+    /// Called by the worker when bytes of a request arrive. Returns false if the
+    /// acceptor reclaimed the connection first; the worker must then close it. While
+    /// the acceptor peeks at a new connection (`CHECKING`, a few microseconds with no
+    /// blocking call), the worker waits for the verdict: the peek sees the bytes that
+    /// woke the worker, so the acceptor gives the connection back.
     pub fn go_busy(&self) -> bool {
-        self.state
-            .compare_exchange(
-                state::IDLE,
-                state::BUSY,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok()
+        loop {
+            match self.state.load(Ordering::Acquire) {
+                current @ (state::IDLE | state::FIRST) => {
+                    let swapped = self.state.compare_exchange(
+                        current,
+                        state::BUSY,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                    if swapped.is_ok() {
+                        return true;
+                    }
+                }
+                state::CHECKING => thread::yield_now(),
+                _ => return false,
+            }
+        }
+    }
+
+    /// Whether the client of a `FIRST` connection has sent nothing, by a peek that does
+    /// not block: bytes (or an error) mean a request is on its way.
+    fn is_silent(&self) -> bool {
+        match &*self.socket.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(sock) => is_silent_peek(crate::stream::peek_nonblocking(sock)),
+            None => false,
+        }
     }
 
     /// Shuts the worker's client socket down, which wakes its blocking read.
@@ -97,8 +126,63 @@ impl WorkerSlot {
         }
     }
 
+    /// Takes this waiting connection for the acceptor. A keep-alive wait is taken as it
+    /// is (a request crossing the close is the usual keep-alive race). A new connection
+    /// is held in `CHECKING` while its socket is peeked: if bytes are there, it goes
+    /// back to `FIRST` and its worker, woken by them, proceeds.
+    fn claim(&self) -> Claim {
+        let cas = |from, to| {
+            self.state
+                .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        };
+        if cas(state::IDLE, state::RECLAIMED) {
+            return Claim::Taken;
+        }
+        if !cas(state::FIRST, state::CHECKING) {
+            return Claim::Lost;
+        }
+        if self.is_silent() {
+            self.state.store(state::RECLAIMED, Ordering::Release);
+            Claim::Taken
+        } else {
+            self.state.store(state::FIRST, Ordering::Release);
+            Claim::HasBytes
+        }
+    }
+
     fn attach(&self, socket: Option<TcpStream>) {
         *self.socket.lock().unwrap_or_else(|p| p.into_inner()) = socket;
+    }
+}
+
+/// What the acceptor got when it tried to take a waiting worker's connection.
+enum Claim {
+    Taken,
+    /// A new connection whose client has sent bytes: its request is on its way.
+    HasBytes,
+    /// The worker moved on first (its request arrived, or the connection ended).
+    Lost,
+}
+
+/// Whether a worker in `state`, waiting since `since_ms`, may lose its connection to a
+/// new client at `now_ms`: between two requests at once, on a new connection after
+/// `FIRST_BYTE_GRACE_MS` of silence.
+fn is_reclaimable(state: u8, since_ms: u64, now_ms: u64) -> bool {
+    match state {
+        state::IDLE => true,
+        state::FIRST => now_ms.saturating_sub(since_ms) >= FIRST_BYTE_GRACE_MS,
+        _ => false,
+    }
+}
+
+/// A non-blocking peek's verdict on a new connection: reclaimable when nothing has
+/// arrived (`WouldBlock`) or the client has closed (`Ok(0)`: nothing to lose). Bytes,
+/// or an error that says nothing, keep it.
+fn is_silent_peek(peek: io::Result<usize>) -> bool {
+    match peek {
+        Ok(n) => n == 0,
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
     }
 }
 
@@ -153,27 +237,35 @@ impl Pool {
             .is_ok()
     }
 
-    /// Closes the connection of the worker idle the longest and reserves that worker.
+    /// Closes the connection of the worker that has waited the longest without a
+    /// request and reserves that worker. A new connection is only taken when a peek,
+    /// made after claiming it, shows that its client has sent nothing: a request that
+    /// arrived before that instant is never dropped (see `claim`).
     fn reclaim_idle_worker(&self) -> bool {
+        // Slots found to hold bytes after all, skipped for the rest of this search.
+        let mut skipped: Vec<usize> = Vec::new();
         loop {
+            let now = self.now_ms();
             let oldest = self
                 .slots
                 .iter()
-                .filter(|s| s.state.load(Ordering::Acquire) == state::IDLE)
-                .min_by_key(|s| s.idle_since.load(Ordering::Relaxed));
-            let Some(slot) = oldest else { return false };
-            if slot
-                .state
-                .compare_exchange(
-                    state::IDLE,
-                    state::RECLAIMED,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
-            {
-                slot.shutdown_socket();
-                return true;
+                .enumerate()
+                .filter(|(i, s)| {
+                    let since = s.idle_since.load(Ordering::Relaxed);
+                    is_reclaimable(s.state.load(Ordering::Acquire), since, now)
+                        && !skipped.contains(i)
+                })
+                .min_by_key(|(_, s)| s.idle_since.load(Ordering::Relaxed));
+            let Some((i, slot)) = oldest else {
+                return false;
+            };
+            match slot.claim() {
+                Claim::Taken => {
+                    slot.shutdown_socket();
+                    return true;
+                }
+                Claim::HasBytes => skipped.push(i),
+                Claim::Lost => {}
             }
         }
     }
@@ -526,7 +618,41 @@ pub fn linger_after_reply(linger: &Lingerer, stream: TcpStream) {
 
 #[cfg(test)]
 mod tests {
-    use super::{Accepted, Handoff};
+    use super::{is_reclaimable, is_silent_peek, state, Accepted, Handoff, FIRST_BYTE_GRACE_MS};
+    use std::io;
+
+    #[test]
+    fn waits_without_a_request_are_reclaimable_new_ones_after_the_grace() {
+        let g = FIRST_BYTE_GRACE_MS;
+        let cases = [
+            (state::IDLE, 100, 100, true),
+            (state::FIRST, 100, 100, false),
+            (state::FIRST, 100, 100 + g - 1, false),
+            (state::FIRST, 100, 100 + g, true),
+            (state::BUSY, 0, 10 * g, false),
+            (state::CHECKING, 0, 10 * g, false),
+            (state::RECLAIMED, 0, 10 * g, false),
+            (state::FREE, 0, 10 * g, false),
+        ];
+        for (st, since, now, want) in cases {
+            assert_eq!(is_reclaimable(st, since, now), want, "{st} {since} {now}");
+        }
+    }
+
+    #[test]
+    fn only_silence_or_a_close_makes_a_new_connection_reclaimable() {
+        let cases: Vec<(io::Result<usize>, bool)> = vec![
+            (Err(io::ErrorKind::WouldBlock.into()), true),
+            (Ok(0), true),
+            (Ok(1), false),
+            (Err(io::ErrorKind::ConnectionReset.into()), false),
+            (Err(io::ErrorKind::Interrupted.into()), false),
+        ];
+        for (peek, want) in cases {
+            let shown = format!("{peek:?}");
+            assert_eq!(is_silent_peek(peek), want, "{shown}");
+        }
+    }
     use std::net::{TcpListener, TcpStream};
     use std::sync::Arc;
     use std::time::{Duration, Instant};

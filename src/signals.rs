@@ -1,6 +1,6 @@
 //! Signals (SPEC §10), handled on their own thread with signal-hook so that nothing runs
 //! inside a signal handler: SIGTERM/SIGINT begin a graceful stop (a second one exits at
-//! once), SIGHUP reloads the configuration, SIGUSR1 reopens the error log.
+//! once), SIGHUP reloads the configuration, SIGUSR1 reopens the error and access logs.
 
 use std::io;
 use std::net::{Shutdown, TcpListener};
@@ -42,13 +42,12 @@ fn handle(signal: i32, proxy: &Proxy, listener: &TcpListener) {
                 std::process::exit(1);
             }
         }
-        SIGUSR1 => match proxy.errlog.reopen() {
-            Ok(()) => log::info!("SIGUSR1: reopened {}", proxy.errlog.path().display()),
-            Err(e) => log::error!(
-                "SIGUSR1: cannot reopen {}: {e}",
-                proxy.errlog.path().display()
-            ),
-        },
+        SIGUSR1 => {
+            report_reopen(proxy.errlog.path(), proxy.errlog.reopen());
+            if let Some(access) = &proxy.access_log {
+                report_reopen(access.path(), access.reopen());
+            }
+        }
         SIGHUP => match proxy.reload() {
             Ok(notes) => {
                 for note in notes {
@@ -59,5 +58,12 @@ fn handle(signal: i32, proxy: &Proxy, listener: &TcpListener) {
             Err(e) => log::error!("SIGHUP: reload failed, keeping the running configuration: {e}"),
         },
         _ => {}
+    }
+}
+
+fn report_reopen(path: &std::path::Path, result: io::Result<()>) {
+    match result {
+        Ok(()) => log::info!("SIGUSR1: reopened {}", path.display()),
+        Err(e) => log::error!("SIGUSR1: cannot reopen {}: {e}", path.display()),
     }
 }

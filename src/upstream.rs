@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use native_tls::TlsConnector;
 
+use crate::body::Body;
 use crate::buffer::IoBuf;
 use crate::config::{Endpoint, Scheme};
 use crate::error::{AttemptError, LogCode};
@@ -169,7 +170,8 @@ pub struct OutgoingRequest<'a> {
     pub method: &'a str,
     pub request_line: &'a [u8],
     pub headers: &'a [u8],
-    pub body: &'a [u8],
+    /// In memory, or partly in a temporary file, which is streamed after the rest.
+    pub body: &'a Body,
 }
 
 /// A response head received on `conn`; its first body bytes are in the caller's buffer.
@@ -260,13 +262,21 @@ impl Upstreams {
         head: &mut ResponseHead,
     ) -> Result<Exchange, Failure> {
         buf.clear();
-        write_all_vectored(
+        let sent = write_all_vectored(
             &mut conn,
-            &[req.request_line, &up.host_line, req.headers, req.body],
+            &[
+                req.request_line,
+                &up.host_line,
+                req.headers,
+                req.body.memory(),
+            ],
         )
-        .and_then(|()| conn.flush())
-        .map_err(Failure::stale_or_lost)?;
-        read_response_head(&mut conn, buf, req.method, head)?;
+        .and_then(|()| req.body.write_file_part(&mut conn))
+        .and_then(|()| conn.flush());
+        match sent {
+            Ok(()) => read_response_head(&mut conn, buf, req.method, head)?,
+            Err(e) => read_early_response(&mut conn, buf, req.method, head, e)?,
+        }
         let head = std::mem::replace(head, ResponseHead::empty());
         Ok(Exchange { conn, head })
     }
@@ -438,6 +448,32 @@ fn read_response_head(
             Err(e) if !received_any => return Err(Failure::stale_or_lost(e)),
             Err(e) => return Err(AttemptError::from_read(e).into()),
         }
+    }
+}
+
+/// After a failed write: an endpoint may answer before it has read the whole request
+/// (a 413 for a body it will not take) and close, which makes our write fail (RFC 9112
+/// §9.5: a client must still read that response). A final response already received
+/// is a complete exchange and is relayed; its connection is not reused, since the
+/// request was cut short. Without one, the write error decides, as before: a closed
+/// pooled connection (redialled) or a lost attempt. Reading cannot wait long: the write
+/// failed because the connection is closed or reset, so the kernel answers at once.
+fn read_early_response(
+    conn: &mut Stream,
+    buf: &mut IoBuf,
+    method: &str,
+    head: &mut ResponseHead,
+    write_error: io::Error,
+) -> Result<(), Failure> {
+    if crate::error::is_timeout(&write_error) {
+        return Err(Failure::Attempt(AttemptError::Timeout));
+    }
+    match read_response_head(conn, buf, method, head) {
+        Ok(()) => {
+            head.keep_alive = false;
+            Ok(())
+        }
+        Err(_) => Err(Failure::stale_or_lost(write_error)),
     }
 }
 

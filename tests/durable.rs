@@ -733,11 +733,10 @@ fn fsync_always_answers_buffered_only_once_the_record_is_in_the_segment() {
 
 /// The same promise, checked at the system-call level: the fdatasync of the segment
 /// holding a request's record returns before the 503 is written to the client. Needs
-/// strace (ptrace); skipped with a note when it is not usable.
+/// strace (ptrace); skipped with a note when it is not usable (a failure under CI).
 #[test]
 fn fsync_always_syncs_the_segment_before_writing_the_answer() {
-    if !strace_usable() {
-        eprintln!("SKIPPED: strace is not installed or ptrace is not permitted");
+    if !require("strace (installed, with ptrace permitted)", strace_usable()) {
         return;
     }
     let journal = TempDir::new("durable-strace");

@@ -354,3 +354,82 @@ fn http_1_2_gets_505() {
     assert_eq!(r.headers_named("X-Sq-Test"), vec!["yes"]);
     assert_eq!(u.request_count(), 0);
 }
+
+/// Waits until /metrics on `admin` shows `n` client connections open.
+fn wait_connections_active(admin: std::net::SocketAddr, n: usize) -> bool {
+    let want = format!("\nserviceq_connections_active {n}\n");
+    wait_until(Duration::from_secs(5), || {
+        get(admin, "/metrics").body_str().contains(&want)
+    })
+}
+
+#[test]
+fn silent_new_connections_are_reclaimed_before_429() {
+    // Two connections that send nothing hold both workers of a peak of 2: they hold no
+    // request, so a real client must be served (not refused with 429 for as long as
+    // CLIENT_HEADER_TIMEOUT lasts).
+    let u = Upstream::start(Behaviour::Ok);
+    let admin_port = refusing_port();
+    let sq = conf(&u)
+        .set("CONCURRENCY_PEAK", "2")
+        .set("CLIENT_HEADER_TIMEOUT", "30")
+        .set("ADMIN_PORT", &admin_port.to_string())
+        .start();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    assert!(wait_for_port(admin_port, Duration::from_secs(5)));
+    let mut silent: Vec<Client> = (0..2).map(|_| Client::connect(sq.addr())).collect();
+    assert!(
+        wait_connections_active(admin, 2),
+        "both silent connections taken"
+    );
+    // A new connection gets a short grace (a quarter second) before it counts as
+    // silent; well within CLIENT_HEADER_TIMEOUT (30 s), a real client is served.
+    let mut statuses = Vec::new();
+    let served = wait_until(Duration::from_secs(3), || {
+        let r = get(sq.addr(), "/real");
+        statuses.push(r.status);
+        r.status == 200
+    });
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert!(
+        served,
+        "silent connections locked a real client out: {refused} of {} tries got 429",
+        statuses.len()
+    );
+    let reclaimed = wait_until(Duration::from_secs(5), || {
+        silent.iter_mut().any(|c| c.is_closed_now())
+    });
+    assert!(reclaimed, "neither silent connection was closed");
+}
+
+#[test]
+fn new_connection_whose_request_started_is_not_reclaimed() {
+    // A connection that has sent part of its head holds a request being read: it is
+    // never reclaimed, so with both workers on such connections a third client gets 429,
+    // and the two started requests are served when they complete.
+    let u = Upstream::start(Behaviour::Ok);
+    let admin_port = refusing_port();
+    let sq = conf(&u)
+        .set("CONCURRENCY_PEAK", "2")
+        .set("CLIENT_HEADER_TIMEOUT", "30")
+        .set("ADMIN_PORT", &admin_port.to_string())
+        .start();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    assert!(wait_for_port(admin_port, Duration::from_secs(5)));
+    let mut started: Vec<Client> = (0..2)
+        .map(|i| {
+            let mut c = Client::connect(sq.addr());
+            c.send(format!("GET /started{i} HTTP/1.1\r\n"));
+            c
+        })
+        .collect();
+    assert!(wait_connections_active(admin, 2));
+    let mut third = Client::connect(sq.addr());
+    third.send("GET /third HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = third.try_read_response(false).expect("a complete 429");
+    assert_sq_response(&r, 429, "Request Discarded", &[CUSTOM_HDR]);
+    for c in started.iter_mut() {
+        c.send("Host: x\r\n\r\n");
+        assert_eq!(c.read_response().status, 200);
+    }
+}

@@ -3,9 +3,9 @@
 //! rendered by headless Chromium, the access log format field by field, and the admin
 //! listener's 404s and independence from the client workers.
 //!
-//! External tools: `python3` with `prometheus_client` (installed with pip when missing),
-//! `promtool` (used only when present) and `chromium` (installed with apt-get when
-//! missing). A test that cannot get its tool says so on stderr and passes.
+//! External tools: `python3` with `prometheus_client`, `promtool` (used only when
+//! present) and `chromium`; `.ci/run` installs them. A test whose tool is missing fails
+//! when env `CI` is set, and otherwise says SKIP on stderr and passes (`require`).
 
 mod support;
 
@@ -334,29 +334,6 @@ fn python_has_prometheus_client() -> bool {
         .unwrap_or(false)
 }
 
-/// python3 with prometheus_client, installing the package with pip when it is missing;
-/// false (after saying why) when that is impossible.
-fn ensure_prometheus_client() -> bool {
-    if python_has_prometheus_client() {
-        return true;
-    }
-    let pip = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "prometheus-client"])
-        .output();
-    if python_has_prometheus_client() {
-        return true;
-    }
-    eprintln!(
-        "SKIP: python3 with prometheus_client is not available and `python3 -m pip install \
-         prometheus-client` failed: {}",
-        match pip {
-            Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-            Err(e) => e.to_string(),
-        }
-    );
-    false
-}
-
 /// Runs `cmd` with `input` on its stdin and collects its output.
 fn pipe_through(mut cmd: Command, input: &str) -> std::io::Result<std::process::Output> {
     let mut child = cmd
@@ -420,7 +397,10 @@ fn promtool_check(text: &str) {
 /// TYPE line says, and as many samples as the strict parser found.
 fn check_with_real_parsers(m: &Exposition) -> bool {
     promtool_check(&m.text);
-    if !ensure_prometheus_client() {
+    if !require(
+        "python3 with prometheus_client",
+        python_has_prometheus_client(),
+    ) {
         return false;
     }
     let (families, samples) = python_parse(&m.text);
@@ -810,37 +790,6 @@ fn chromium_path() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// Debian's chromium, installed with apt-get when missing (as root); None after
-/// printing why when that fails.
-fn ensure_chromium() -> Option<PathBuf> {
-    if let Some(p) = chromium_path() {
-        return Some(p);
-    }
-    let install = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .output()
-    };
-    let mut why = String::new();
-    for args in [
-        &["install", "-y", "chromium"][..],
-        &["update"][..],
-        &["install", "-y", "chromium"][..],
-    ] {
-        match install(args) {
-            Ok(o) if !o.status.success() => why = String::from_utf8_lossy(&o.stderr).into(),
-            Err(e) => why = e.to_string(),
-            Ok(_) => {}
-        }
-        if let Some(p) = chromium_path() {
-            return Some(p);
-        }
-    }
-    eprintln!("SKIP: chromium is not installed and apt-get could not install it: {why}");
-    None
-}
-
 /// Runs headless Chromium with these extra arguments (a fresh profile), killing it
 /// after a minute; returns its stdout.
 fn chromium(bin: &Path, extra: &[String]) -> String {
@@ -908,9 +857,11 @@ fn row_for<'a>(dom: &'a str, label: &str) -> Option<&'a str> {
 
 #[test]
 fn status_page_renders_in_headless_chromium() {
-    let Some(bin) = ensure_chromium() else {
+    let bin = chromium_path();
+    if !require("chromium", bin.is_some()) {
         return;
-    };
+    }
+    let Some(bin) = bin else { return };
     let up = Upstream::start(Behaviour::Ok);
     let down = refusing_url();
     let (sq, admin) =
@@ -1524,4 +1475,145 @@ fn access_log_records_requests_refused_before_their_head() {
     assert_eq!(l.client, "127.0.0.1");
     assert!(is_seconds(&l.request_time), "{l:?}");
     assert_eq!(u.request_count(), 1, "the refused request went nowhere");
+}
+
+#[test]
+fn admin_health_check_survives_connections_dribbling_their_heads() {
+    // Twelve connections each send a request head one byte a second (a slowloris on the
+    // admin port, more connections than it serves at once). /healthz must still be
+    // answered promptly, again and again; and a dribbled head is cut off by a deadline
+    // for the whole head (2 s), not kept alive by each byte.
+    let u = Upstream::start(Behaviour::Ok);
+    let (sq, admin) = start_with_admin(Conf::new(&[u.url()]));
+    let dribblers: Vec<_> = (0..12)
+        .map(|_| thread::spawn(move || dribble_admin_head(admin, Duration::from_secs(8))))
+        .collect();
+    thread::sleep(Duration::from_millis(1500));
+    for round in 0..4 {
+        let start = Instant::now();
+        let mut c = Client::connect(admin);
+        c.set_read_timeout(Duration::from_secs(2));
+        c.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        let r = c.try_read_response(false);
+        let took = start.elapsed();
+        let r = r.unwrap_or_else(|e| panic!("round {round}: /healthz not answered: {e}"));
+        assert_eq!(r.status, 200, "round {round}");
+        assert!(
+            took < Duration::from_secs(1),
+            "round {round}: /healthz took {took:?}"
+        );
+        thread::sleep(Duration::from_millis(700));
+    }
+    for d in dribblers {
+        let held = d.join().unwrap();
+        assert!(
+            held < Duration::from_secs(6),
+            "a dribbled admin head was kept open {held:?}"
+        );
+    }
+    drop(sq);
+}
+
+/// Sends an admin request head a byte a second for at most `limit`; returns how long
+/// the connection stayed open (a write fails or the read side ends once it is closed).
+fn dribble_admin_head(admin: SocketAddr, limit: Duration) -> Duration {
+    let mut s = TcpStream::connect(admin).expect("connect to the admin listener");
+    s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    let head =
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let started = Instant::now();
+    for b in head.iter() {
+        if started.elapsed() >= limit || s.write_all(&[*b]).is_err() {
+            break;
+        }
+        let mut probe = [0u8; 64];
+        match s.read(&mut probe) {
+            Ok(0) => break,
+            Err(e)
+                if e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut =>
+            {
+                break
+            }
+            _ => {}
+        }
+        thread::sleep(Duration::from_secs(1));
+    }
+    started.elapsed()
+}
+
+/// logrotate's way: move the logs away, send SIGUSR1, and the lines of later requests
+/// go to new files at the configured paths — the access log as well as the error log.
+#[test]
+fn sigusr1_reopens_the_access_log_and_the_error_log_after_rotation() {
+    let sq = Conf::new(&[refusing_url()])
+        .set("ACCESS_LOG_FILE", "{dir}/access.log")
+        .set("MAX_RETRIES", "1")
+        .start();
+    let access = sq.dir().join("access.log");
+    let errors = sq.error_log_path().to_path_buf();
+    assert_eq!(get(sq.addr(), "/before").status, 503);
+    wait_access_line(&access, "/before", Duration::from_secs(5));
+    assert!(sq.wait_for_error_log(Duration::from_secs(5), |l| l.len() == 1));
+
+    let (access_old, errors_old) = (sq.dir().join("access.log.1"), sq.dir().join("error.log.1"));
+    fs::rename(&access, &access_old).unwrap();
+    fs::rename(&errors, &errors_old).unwrap();
+    sq.signal("USR1");
+    for path in [&access, &errors] {
+        let said = format!("SIGUSR1: reopened {}", path.display());
+        assert!(
+            sq.wait_for_stderr(&said, Duration::from_secs(5)),
+            "no {said:?} on stderr:\n{}",
+            sq.stderr()
+        );
+    }
+    assert_eq!(get(sq.addr(), "/after").status, 503);
+    wait_access_line(&access, "/after", Duration::from_secs(5));
+    assert!(
+        wait_until(Duration::from_secs(5), || fs::read_to_string(&errors)
+            .is_ok_and(|t| t.lines().count() == 1)),
+        "the error log was not reopened at {}",
+        errors.display()
+    );
+    let rotated = fs::read_to_string(&access_old).unwrap();
+    assert!(
+        !rotated.contains("/after"),
+        "written to the rotated file:\n{rotated}"
+    );
+    assert_eq!(fs::read_to_string(&errors_old).unwrap().lines().count(), 1);
+}
+
+/// The operational log on stderr shows a request's target when something goes wrong
+/// with it; what the client sent is capped and escaped there as in the access log, so
+/// a 10 KiB target can neither flood stderr nor forge a line. (Control and non-ASCII
+/// bytes never get past the head parser, which answers 400; quotes and backslashes do,
+/// and are escaped.)
+#[test]
+fn stderr_caps_and_escapes_client_text() {
+    let u = Upstream::start(Behaviour::CloseMidBody);
+    let sq = Conf::new(&[u.url()]).start();
+    let mut target = b"/evil\"\\".to_vec();
+    target.extend(std::iter::repeat_n(b'a', 10 * 1024));
+    let mut raw = b"GET ".to_vec();
+    raw.extend_from_slice(&target);
+    raw.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut c = Client::connect(sq.addr());
+    c.send(&raw);
+    let _ = c.try_read_response(false);
+    assert!(
+        sq.wait_for_stderr("broke off mid-response", Duration::from_secs(5)),
+        "no stderr line about the request:\n{}",
+        sq.stderr()
+    );
+    let stderr = sq.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("broke off mid-response"))
+        .unwrap();
+    assert!(
+        line.contains("GET /evil\\x22\\x5Caaa"),
+        "target not escaped: {line:.200}"
+    );
+    assert!(line.len() < 1024, "target not capped: {} bytes", line.len());
 }

@@ -482,8 +482,10 @@ fn idle_client_connection_closed_after_keep_alive_timeout() {
 
 #[test]
 fn ipv6_listener() {
-    if std::net::TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("no IPv6 loopback here; skipping");
+    if !require(
+        "IPv6 loopback",
+        std::net::TcpListener::bind("[::1]:0").is_ok(),
+    ) {
         return;
     }
     let u = Upstream::start(Behaviour::Ok);

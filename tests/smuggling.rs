@@ -511,8 +511,7 @@ impl Drop for Killed {
 #[test]
 fn tls_bytes_after_a_response_never_answer_the_next_request() {
     use std::process::{Command, Stdio};
-    if !have("openssl", "version") || !have("python3", "--version") {
-        eprintln!("skipped: needs openssl and python3");
+    if !require_tool("openssl", "version") || !require_tool("python3", "--version") {
         return;
     }
     let dir = TempDir::new("tls-late");
@@ -549,4 +548,52 @@ fn tls_bytes_after_a_response_never_answer_the_next_request() {
         got.iter().all(|b| b.starts_with("answer-")),
         "later clients got someone else's response: {got:?}"
     );
+}
+
+/// A `Connection` header that names a framing field (`Connection: Content-Length`,
+/// `Connection: Transfer-Encoding`) must not strip the response's own framing: the
+/// client's keep-alive connection would carry a response with no length, and the next
+/// response would run into it. ServiceQ re-frames every response, whatever
+/// `Connection` names.
+#[test]
+fn connection_naming_framing_fields_does_not_unframe_responses() {
+    let (port, _) = raw_endpoint(|n, s| {
+        let body = format!("answer-{n}");
+        let resp = if n % 2 == 0 {
+            format!(
+                "HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        } else {
+            format!(
+                "HTTP/1.1 200 OK\r\nConnection: Transfer-Encoding, X-Gone\r\nX-Gone: 1\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                body.len()
+            )
+        };
+        s.write_all(resp.as_bytes()).is_ok()
+    });
+    let sq = Conf::new(&[format!("http://127.0.0.1:{port}")]).start();
+    let mut c = Client::connect(sq.addr());
+    c.set_read_timeout(Duration::from_secs(3));
+    for i in 0..4 {
+        c.send(format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n"));
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(
+            r.body_str(),
+            format!("answer-{i}"),
+            "request {i}: {}",
+            r.raw_head
+        );
+        let framed = r.header("content-length").is_some()
+            || r.header("transfer-encoding")
+                .is_some_and(|v| lists_token(v, "chunked"));
+        assert!(
+            framed,
+            "request {i}: response without framing: {}",
+            r.raw_head
+        );
+        assert!(r.header("x-gone").is_none(), "{}", r.raw_head);
+    }
 }

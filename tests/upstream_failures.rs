@@ -303,3 +303,45 @@ fn timeout_bounds_each_wait_not_the_whole_response() {
     assert_eq!(get(sq.addr(), "/").status, 200);
     assert!(sq.error_log().is_empty(), "{}", sq.error_log());
 }
+
+/// RFC 9112 §9.5: an endpoint may answer before it has read the whole request body
+/// (a 413, say) and close; ServiceQ's write of the body then fails, but the response is
+/// complete and must be relayed — not counted as 702 and the request buffered.
+#[test]
+fn early_response_before_the_body_is_read_is_relayed() {
+    use std::io::Write;
+    let (port, accepted) = raw_endpoint(|_, s| {
+        let _ = s.write_all(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large",
+        );
+        false
+    });
+    let sq = conf(&[format!("http://127.0.0.1:{port}")])
+        .set("ENABLE_DEFERRED_Q", "true")
+        .set("MAX_RETRIES", "3")
+        .start();
+    let body = vec![b'x'; 9 << 20];
+    let mut c = Client::connect(sq.addr());
+    c.send(format!(
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    ));
+    c.send(&body);
+    let r = c.read_response();
+    assert_eq!(
+        (r.status, r.body_str().as_str()),
+        (413, "too large"),
+        "{}",
+        r.raw_head
+    );
+    assert!(
+        holds_for(Duration::from_millis(300), || sq.error_log().is_empty()),
+        "an early response counted as a failure: {}",
+        sq.error_log()
+    );
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the request was tried again or replayed"
+    );
+}

@@ -128,6 +128,15 @@ impl ChunkedDecoder {
         }
     }
 
+    /// Payload bytes of the current chunk not yet decoded: what its size line announced
+    /// and has not arrived yet (0 between chunks).
+    pub fn chunk_remaining(&self) -> u64 {
+        match self.state {
+            State::Data { remaining } => remaining,
+            _ => 0,
+        }
+    }
+
     /// Whether the last chunk and the trailer section have been read.
     pub fn is_done(&self) -> bool {
         self.state == State::Done

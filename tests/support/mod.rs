@@ -87,19 +87,32 @@ pub fn secs(s: f64) -> Duration {
 // External tools
 // ---------------------------------------------------------------------------------------
 
-/// Whether `tool arg` runs and succeeds (tests that need the tool skip themselves
-/// otherwise); says SKIP on stderr when it does not.
-pub fn have(tool: &str, arg: &str) -> bool {
+/// Whether a prerequisite a test needs — `what` names it: a tool, a Python module,
+/// IPv6 loopback — is `available`. When it is not, and env `CI` is set, the test fails
+/// here with a clear message: `.ci/run` installs every tool, so a missing one is a gap
+/// in CI, never a silent pass. Elsewhere the test says SKIP on stderr and the caller
+/// returns. Tests never install anything themselves.
+pub fn require(what: &str, available: bool) -> bool {
+    if !available {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{what} is required and missing (CI is set, so this test fails rather than \
+             skips; .ci/run installs it)"
+        );
+        eprintln!("SKIP: {what} is not available");
+    }
+    available
+}
+
+/// [`require`] for a command: whether `tool arg` runs and succeeds.
+pub fn require_tool(tool: &str, arg: &str) -> bool {
     let ok = Command::new(tool)
         .arg(arg)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("SKIP: `{tool}` is not available");
-    }
-    ok
+    require(&format!("`{tool}`"), ok)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -355,7 +368,7 @@ fn clean_command(dir: &Path) -> Command {
 }
 
 /// Copies everything `r` yields into `buf` on a background thread.
-fn collect(mut r: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
+pub fn collect(mut r: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
     thread::spawn(move || {
         let mut tmp = [0u8; 8192];
         loop {
@@ -1702,4 +1715,43 @@ pub fn refusing_port() -> u16 {
 /// `http://127.0.0.1:PORT` for a port with nothing listening.
 pub fn refusing_url() -> String {
     format!("http://127.0.0.1:{}", refusing_port())
+}
+
+/// A raw endpoint for answers the mock cannot give: for each request head it reads
+/// (bodies are left unread), `answer(n, stream)` writes what it likes, `n` counting heads
+/// across connections from 0; it returns false to close the connection (unread bytes
+/// then make the kernel reset it, as a real server's early close does). Connections are
+/// served one at a time. Returns the port and a count of connections accepted.
+pub fn raw_endpoint(
+    answer: impl Fn(usize, &mut TcpStream) -> bool + Send + 'static,
+) -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind raw endpoint");
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    thread::spawn(move || {
+        let mut n = 0;
+        for conn in listener.incoming().take(64) {
+            let Ok(mut s) = conn else { return };
+            count.fetch_add(1, Ordering::SeqCst);
+            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut buf = Vec::new();
+            let mut tmp = [0u8; 4096];
+            'conn: loop {
+                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    buf.drain(..end + 4);
+                    let keep = answer(n, &mut s);
+                    n += 1;
+                    if !keep {
+                        break 'conn;
+                    }
+                }
+                match s.read(&mut tmp) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => buf.extend_from_slice(&tmp[..k]),
+                }
+            }
+        }
+    });
+    (port, accepted)
 }

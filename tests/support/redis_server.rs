@@ -11,34 +11,15 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{wait_until, TempDir};
+use super::{require_tool, wait_until, TempDir};
 
 /// How long a fresh redis-server gets to answer PING.
 const READY_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Whether redis-server and redis-sentinel can run here; panics under `CI` when not.
+/// Whether redis-server and redis-sentinel can run here; fails the test under `CI`
+/// when not (see `require`).
 pub fn have_redis() -> bool {
-    let runs = |tool: &str| {
-        Command::new(tool)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let missing: Vec<_> = ["redis-server", "redis-sentinel"]
-        .into_iter()
-        .filter(|t| !runs(t))
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{missing:?} missing under CI (.ci/run installs redis-server and redis-sentinel)"
-    );
-    eprintln!("SKIP: {missing:?} not installed (apt-get install redis-server redis-sentinel)");
-    false
+    require_tool("redis-server", "--version") && require_tool("redis-sentinel", "--version")
 }
 
 /// A port nothing listens on right now (bind to 0, read, close).

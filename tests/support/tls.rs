@@ -1,19 +1,20 @@
 //! TLS helpers for the integration tests: self-signed certificates made with the
 //! `openssl` CLI, `openssl s_server -www` as an https endpoint, and `curl` over TLS.
-//! Tests that use them skip themselves when a tool is missing (`have_openssl`, …).
+//! Tests that use them skip themselves when a tool is missing (`have_openssl`, …), and
+//! fail instead when env `CI` is set (`require_tool`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use super::{have, refusing_port, wait_for_port, Conf, ServiceQ};
+use super::{refusing_port, require_tool, wait_for_port, Conf, ServiceQ};
 
 pub fn have_openssl() -> bool {
-    have("openssl", "version")
+    require_tool("openssl", "version")
 }
 
 pub fn have_openssl_and_curl() -> bool {
-    have_openssl() && have("curl", "--version")
+    have_openssl() && require_tool("curl", "--version")
 }
 
 /// Runs `openssl ARGS` in `dir`; panics (with openssl's stderr) when it fails.

@@ -1,0 +1,160 @@
+//! The replay thread: one loop, whatever the backend. It takes the head, tries it with
+//! SPEC §4's attempt sequence, and only when an endpoint has answered (any status) does
+//! it acknowledge the head and go on; while every endpoint is down it keeps the head and
+//! tries again after [`REPLAY_PAUSE_MIN`], doubling to [`REPLAY_PAUSE_MAX`].
+
+use std::io;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use super::{Backend, Delivery};
+use crate::buffer::IoBuf;
+use crate::error::AttemptError;
+use crate::forward::ClientFraming;
+use crate::logging::escaped;
+use crate::metrics::{inc, METRICS};
+use crate::proxy::{Proxy, Scratch};
+use crate::relay::{relay_body, RelayEnd, Sink, RELAY_READ_BYTES};
+use crate::server::Pool;
+use crate::upstream::OutgoingRequest;
+
+/// First pause after a replay try found every endpoint down (SPEC §5) …
+pub const REPLAY_PAUSE_MIN: Duration = Duration::from_millis(500);
+/// … doubling up to this.
+pub const REPLAY_PAUSE_MAX: Duration = Duration::from_secs(5);
+/// How long the loop waits for a head before it looks at the stop flag again.
+const IDLE_WAIT: Duration = Duration::from_millis(500);
+
+/// The consumer side, handed to the replay thread.
+pub struct Replay {
+    backend: Arc<dyn Backend>,
+    max_age: Option<Duration>,
+}
+
+impl Replay {
+    pub fn new(backend: Arc<dyn Backend>, max_age: Option<Duration>) -> Self {
+        Replay { backend, max_age }
+    }
+
+    /// Starts the replay thread.
+    pub fn start(self, proxy: Arc<Proxy>, pool: Arc<Pool>) -> io::Result<thread::JoinHandle<()>> {
+        thread::Builder::new()
+            .name("replay".into())
+            .spawn(move || self.run(&proxy, &pool))
+    }
+
+    fn run(self, proxy: &Proxy, pool: &Pool) {
+        let mut buf = IoBuf::with_capacity(RELAY_READ_BYTES);
+        let mut scratch = Scratch::new();
+        while !proxy.stopping() {
+            let Some(head) = self.backend.head(IDLE_WAIT) else {
+                continue;
+            };
+            if self.expired(&head) {
+                inc(&METRICS.dead_lettered_total);
+                self.backend.dead_letter(&head);
+            } else if !self.deliver_head(proxy, &head, &mut buf, &mut scratch) {
+                return;
+            }
+            // The request held its client's CONCURRENCY_PEAK slot until now.
+            pool.release_hold();
+        }
+    }
+
+    /// Tries the head until an endpoint answers; false if a stop began first (the
+    /// head stays queued).
+    fn deliver_head(
+        &self,
+        proxy: &Proxy,
+        head: &Delivery,
+        buf: &mut IoBuf,
+        scratch: &mut Scratch,
+    ) -> bool {
+        let req = &head.req;
+        let mut pause = REPLAY_PAUSE_MIN;
+        loop {
+            match deliver(proxy, head, buf, scratch) {
+                Ok((status, endpoint)) => {
+                    inc(&METRICS.replayed_total);
+                    self.backend.ack(head);
+                    log::info!(
+                        "replayed {} {} (X-Request-Id {}): {status} from {endpoint} after {:.1?} queued; {} left",
+                        req.method,
+                        escaped(&req.target),
+                        req.request_id,
+                        req.queued_at.elapsed(),
+                        self.backend.depth()
+                    );
+                    return true;
+                }
+                Err(e) => {
+                    log::warn!(
+                        "replay of {} {} failed ({e}); next try in {pause:?}",
+                        req.method,
+                        escaped(&req.target)
+                    );
+                    if proxy.stopping() {
+                        return false;
+                    }
+                    thread::sleep(pause);
+                    pause = (pause * 2).min(REPLAY_PAUSE_MAX);
+                    if self.expired(head) {
+                        inc(&METRICS.dead_lettered_total);
+                        self.backend.dead_letter(head);
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn expired(&self, head: &Delivery) -> bool {
+        self.max_age
+            .is_some_and(|max| head.req.queued_at.elapsed() > max)
+    }
+}
+
+/// One SPEC §4 sequence for a queued request. The response body is read to the end and
+/// discarded (nobody waits for it), so the connection can be reused.
+fn deliver(
+    proxy: &Proxy,
+    head: &Delivery,
+    buf: &mut IoBuf,
+    scratch: &mut Scratch,
+) -> Result<(u16, String), AttemptError> {
+    let req = &head.req;
+    let out = OutgoingRequest {
+        method: &req.method,
+        request_line: &req.request_line,
+        headers: &req.headers,
+        body: &req.body,
+    };
+    let settings = proxy.settings();
+    let (idx, mut exchange) = settings.try_endpoints(&proxy.errlog, &out, buf, scratch)?;
+    let endpoint = settings.upstreams.list[idx].label.clone();
+    let mut discard = io::sink();
+    let mut gathered = Vec::new();
+    let mut sink = Sink {
+        client: &mut discard,
+        out: &mut gathered,
+        framing: ClientFraming::AsIs,
+        body_bytes: 0,
+    };
+    let resp = &exchange.head;
+    let end = relay_body(
+        &mut exchange.conn,
+        buf,
+        resp.framing,
+        resp.keep_alive,
+        &mut sink,
+    );
+    if end == (RelayEnd::Complete { reusable: true }) {
+        settings
+            .upstreams
+            .release(idx, exchange.conn, &mut scratch.held);
+    }
+    let status = exchange.head.status;
+    scratch.reuse_head(exchange.head);
+    Ok((status, endpoint))
+}

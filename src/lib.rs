@@ -25,7 +25,6 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod queue;
-pub mod queue_redis;
 pub mod relay;
 pub mod server;
 pub mod signals;

@@ -1,4 +1,4 @@
-//! The shared queue's Redis backend (`serviceq::queue_redis`) against real
+//! The shared queue's Redis backend (`serviceq::queue::redis`) against real
 //! `redis-server` processes on free loopback ports (AOF on, `appendfsync always`, in a
 //! temp dir): FIFO order, the shared cap under concurrent pushes, lease exclusivity
 //! and fencing, deadlines when the engine is dead or stalled, durability across a
@@ -14,9 +14,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serviceq::queue_redis::{
-    LeaseState, RedisOptions, RedisQueue, RedisQueueError, LOG_CODE_ENGINE,
-};
+use serviceq::queue::redis::{LeaseState, RedisOptions, RedisQueue, RedisQueueError};
 use support::redis_server::{client, have_redis, Redis};
 use support::wait_until;
 
@@ -119,10 +117,8 @@ fn the_shared_cap_holds_under_concurrent_pushes_from_two_instances() {
     assert_eq!(stored.load(Ordering::SeqCst), CAP);
     assert_eq!(full.load(Ordering::SeqCst), 8 * 20 - CAP);
     assert_eq!(a.depth(), Ok(CAP as u64));
-    assert_eq!(
-        RedisQueueError::Full { cap: CAP }.log_code(),
-        (802, "QUEUE_FULL")
-    );
+    let code = RedisQueueError::Full { cap: CAP }.log_code();
+    assert_eq!((code.number(), code.name()), (802, "QUEUE_FULL"));
 }
 
 #[test]
@@ -318,7 +314,7 @@ fn a_dead_or_stalled_engine_fails_each_call_within_the_timeout() {
             .is_some_and(|e| e.starts_with("QUEUE_ENGINE_UNAVAILABLE")),
         "{s:?}"
     );
-    assert_eq!(r.unwrap_err().log_code().0, LOG_CODE_ENGINE);
+    assert_eq!(r.unwrap_err().log_code().number(), 801);
 
     // Back on the same port and directory: the handle reconnects by itself, and every
     // confirmed push survived the SIGKILL (AOF, fsync always).

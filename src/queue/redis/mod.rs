@@ -52,6 +52,7 @@
 //! panic and never block past the deadline. Connections are pooled and reopened on
 //! demand, and a sentinel target follows failovers (see `engine`).
 
+mod backend;
 mod check;
 mod engine;
 mod error;
@@ -68,9 +69,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use redis::Value;
 
+pub use backend::RedisBackend;
 pub use check::EngineReport;
 use engine::{Deadline, Engine};
-pub use error::{RedisQueueError, LOG_CODE_ENGINE, LOG_CODE_FULL};
+pub use error::RedisQueueError;
 use lease::Held;
 pub use lease::LeaseState;
 use scripts::{HeadReply, LeaseReply, Pushed, Scripts};
@@ -135,6 +137,26 @@ impl RedisOptions {
         }
         Target::parse(&self.url)
     }
+}
+
+/// This instance's name in the lease and in entries: `host:port pid N` (the host from
+/// the kernel, the listener's port), unique per running gateway.
+pub fn instance_id(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}:{port} pid {}", std::process::id())
+}
+
+/// Checks a backend URL without any I/O (for the configuration); the error says what
+/// is wrong, with any password hidden.
+pub fn check_url(url: &str) -> Result<(), String> {
+    Target::parse(url).map(|_| ()).map_err(|e| match e {
+        RedisQueueError::Config(why) => why,
+        other => other.to_string(),
+    })
 }
 
 /// The engine's key names for one queue name.
@@ -384,7 +406,7 @@ impl Inner {
         if let Err(e) = &r {
             if !matches!(e, RedisQueueError::Full { .. }) {
                 self.engine_errors.fetch_add(1, Ordering::Relaxed);
-                lock(&self.seen).last_error = Some(format!("{} ({e})", e.log_code().1));
+                lock(&self.seen).last_error = Some(format!("{} ({e})", e.log_code().name()));
             }
         }
         r
@@ -618,10 +640,12 @@ impl Inner {
             }
             Ok(_) => {}
             Err(e) if was.is_some() || held_before => {
-                let (code, name) = e.log_code();
+                let code = e.log_code();
                 log::warn!(
-                    "{}: cannot renew the replay lease [{code} {name}]: {e}",
-                    self.shown
+                    "{}: cannot renew the replay lease [{} {}]: {e}",
+                    self.shown,
+                    code.number(),
+                    code.name()
                 );
                 lock(&self.seen).lease = None;
             }

@@ -7,6 +7,8 @@ use std::fmt;
 
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
+use crate::error::LogCode;
+
 /// Why a call on the shared queue did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedisQueueError {
@@ -29,24 +31,18 @@ pub enum RedisQueueError {
     BadReply(&'static str),
 }
 
-/// Error-log code number for "the queue engine could not confirm" (proposed; SPEC §7
-/// reserves 6xx for ServiceQ itself and 7xx for upstreams).
-pub const LOG_CODE_ENGINE: u16 = 801;
-/// Error-log code number for "the shared queue is at its cap".
-pub const LOG_CODE_FULL: u16 = 802;
-
 impl RedisQueueError {
-    /// The error-log code (number, name) for this failure, in the style of SPEC §7
-    /// (one number for the family, a name per cause, as 702 does for upstreams).
-    pub fn log_code(&self) -> (u16, &'static str) {
+    /// The error-log code for this failure: 801 (one per cause, as 702 is for
+    /// upstreams) when the engine could not confirm, 802 at the shared cap.
+    pub fn log_code(&self) -> LogCode {
         match self {
-            RedisQueueError::Config(_) => (LOG_CODE_ENGINE, "QUEUE_ENGINE_MISCONFIGURED"),
-            RedisQueueError::Unavailable(_) => (LOG_CODE_ENGINE, "QUEUE_ENGINE_UNAVAILABLE"),
-            RedisQueueError::TimedOut => (LOG_CODE_ENGINE, "QUEUE_ENGINE_TIMED_OUT"),
-            RedisQueueError::Rejected(_) => (LOG_CODE_ENGINE, "QUEUE_ENGINE_REJECTED"),
-            RedisQueueError::Unreplicated { .. } => (LOG_CODE_ENGINE, "QUEUE_ENGINE_UNREPLICATED"),
-            RedisQueueError::BadReply(_) => (LOG_CODE_ENGINE, "QUEUE_ENGINE_BAD_REPLY"),
-            RedisQueueError::Full { .. } => (LOG_CODE_FULL, "QUEUE_FULL"),
+            RedisQueueError::Config(_) => LogCode::QueueEngineMisconfigured,
+            RedisQueueError::Unavailable(_) => LogCode::QueueEngineUnavailable,
+            RedisQueueError::TimedOut => LogCode::QueueEngineTimedOut,
+            RedisQueueError::Rejected(_) => LogCode::QueueEngineRejected,
+            RedisQueueError::Unreplicated { .. } => LogCode::QueueEngineUnreplicated,
+            RedisQueueError::BadReply(_) => LogCode::QueueEngineBadReply,
+            RedisQueueError::Full { .. } => LogCode::QueueFull,
         }
     }
 
@@ -161,11 +157,11 @@ mod tests {
             RedisQueueError::Full { cap: 1 },
             RedisQueueError::BadReply("x"),
         ];
-        let names: std::collections::HashSet<_> = all.iter().map(|e| e.log_code().1).collect();
+        let names: std::collections::HashSet<_> = all.iter().map(|e| e.log_code().name()).collect();
         assert_eq!(names.len(), all.len());
         assert!(all
             .iter()
-            .all(|e| matches!(e.log_code().0, LOG_CODE_ENGINE | LOG_CODE_FULL)));
+            .all(|e| matches!(e.log_code().number(), 801 | 802)));
         assert!(!RedisQueueError::TimedOut.connection_reusable());
         assert!(RedisQueueError::Full { cap: 1 }.connection_reusable());
     }

@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serviceq::queue::redis::{LeaseState, RedisOptions, RedisQueue, RedisQueueError};
-use support::redis_server::{client, have_redis, Redis};
+use support::redis_server::{client, have_redis, replica_in_sync, sentinel_sees_replicas, Redis};
 use support::wait_until;
 
 /// The engine timeout used here, short so that the deadline tests are quick.
@@ -369,30 +369,6 @@ fn a_push_not_confirmed_by_enough_replicas_fails_and_leaves_nothing() {
         .push(b"y")
         .expect("a replica in sync: WAIT 1 confirms");
     assert_eq!(alone.depth(), Ok(1));
-}
-
-/// Waits until the sentinel knows `n` replicas of `master` (it learns them from the
-/// primary's INFO, polled every 10 s; a failover needs one).
-fn sentinel_sees_replicas(sentinel: &Redis, master: &str, n: usize) -> bool {
-    let mut conn = client(sentinel.port);
-    wait_until(Duration::from_secs(20), || {
-        redis::cmd("SENTINEL")
-            .arg("replicas")
-            .arg(master)
-            .query::<Vec<redis::Value>>(&mut conn)
-            .is_ok_and(|r| r.len() >= n)
-    })
-}
-
-/// Waits until the replica's link to its primary is up (initial sync done).
-fn replica_in_sync(replica: &Redis) -> bool {
-    let mut conn = client(replica.port);
-    wait_until(Duration::from_secs(20), || {
-        redis::cmd("INFO")
-            .arg("replication")
-            .query::<String>(&mut conn)
-            .is_ok_and(|i| i.contains("master_link_status:up"))
-    })
 }
 
 #[test]

@@ -237,3 +237,27 @@ fn spawn(sentinel: bool, args: &[String], port: u16) -> Option<Child> {
     let _ = child.wait();
     None
 }
+
+/// Waits until the replica's link to its primary is up (initial sync done).
+pub fn replica_in_sync(replica: &Redis) -> bool {
+    let mut conn = client(replica.port);
+    wait_until(Duration::from_secs(20), || {
+        redis::cmd("INFO")
+            .arg("replication")
+            .query::<String>(&mut conn)
+            .is_ok_and(|i| i.contains("master_link_status:up"))
+    })
+}
+
+/// Waits until the sentinel knows `n` replicas of `master` (it learns them from the
+/// primary's INFO, polled every 10 s; a failover needs one).
+pub fn sentinel_sees_replicas(sentinel: &Redis, master: &str, n: usize) -> bool {
+    let mut conn = client(sentinel.port);
+    wait_until(Duration::from_secs(20), || {
+        redis::cmd("SENTINEL")
+            .arg("replicas")
+            .arg(master)
+            .query::<Vec<redis::Value>>(&mut conn)
+            .is_ok_and(|r| r.len() >= n)
+    })
+}

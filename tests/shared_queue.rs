@@ -376,31 +376,45 @@ fn the_instances_follow_a_sentinel_failover() {
     ));
     let mut up = down_upstream(Behaviour::Ok);
     let url = format!("redis+sentinel://127.0.0.1:{}/sq-master", sentinel.port);
-    let sq = shared_conf(&up.url(), &url)
+    // `confirmed` waits for the replica (WAIT 1); `plain` takes the primary's word.
+    let confirmed = shared_conf(&up.url(), &url)
         .set("DEFERRED_Q_REDIS_REPLICAS", "1")
         .start();
+    let plain = shared_conf(&up.url(), &url).start();
     for i in 0..5 {
-        assert!(is_buffered(&post(&sq, i)), "{}", id(i));
+        assert!(is_buffered(&post(&confirmed, i)), "{}", id(i));
     }
+    assert!(is_buffered(&post(&plain, 5)));
+    // Everything so far is on the replica before the primary dies.
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(5000)
+        .query(&mut support::redis_server::client(primary.port))
+        .expect("WAIT");
+    assert_eq!(acked, 1);
     primary.kill();
-    drop(sq);
-    // The promoted replica has no replica of its own: WAIT 1 would refuse everything,
-    // so the instance that carries on asks for none.
-    let sq = shared_conf(&up.url(), &url).start();
-    let mut next = 5;
+    // The same instance finds the promoted replica through the sentinel by itself.
+    let mut next = 6;
     let moved = wait_until(Duration::from_secs(30), || {
         next += 1;
-        is_buffered(&post(&sq, next))
+        is_buffered(&post(&plain, next))
     });
-    assert!(moved, "no failover seen: {}", sentinel.log());
+    assert!(moved, "no failover followed: {}", sentinel.log());
+    // The new primary has no replica: WAIT 1 cannot confirm, so that instance answers
+    // as if the queue were off, and says why in its error log.
+    assert_sq_response(&post(&confirmed, 999), 503, "Service Unavailable", &[]);
+    assert!(confirmed.wait_for_error_log(Duration::from_secs(5), |lines| lines
+        .iter()
+        .any(|l| l.contains("[Code: 801, QUEUE_ENGINE_UNREPLICATED]"))));
     up.restart();
-    let mut want: Vec<String> = (0..5).map(id).collect();
+    let mut want: Vec<String> = (0..6).map(id).collect();
     want.push(id(next));
     assert!(
         wait_all_arrived(&up, &want, Duration::from_secs(30)),
         "confirmed before the failover, and after it: {:?}",
         arrivals(&up)
     );
+    assert!(!arrivals(&up).contains(&id(999)));
 }
 
 #[test]

@@ -403,9 +403,11 @@ fn the_instances_follow_a_sentinel_failover() {
     // The new primary has no replica: WAIT 1 cannot confirm, so that instance answers
     // as if the queue were off, and says why in its error log.
     assert_sq_response(&post(&confirmed, 999), 503, "Service Unavailable", &[]);
-    assert!(confirmed.wait_for_error_log(Duration::from_secs(5), |lines| lines
-        .iter()
-        .any(|l| l.contains("[Code: 801, QUEUE_ENGINE_UNREPLICATED]"))));
+    assert!(
+        confirmed.wait_for_error_log(Duration::from_secs(5), |lines| lines
+            .iter()
+            .any(|l| l.contains("[Code: 801, QUEUE_ENGINE_UNREPLICATED]")))
+    );
     up.restart();
     let mut want: Vec<String> = (0..6).map(id).collect();
     want.push(id(next));
@@ -441,5 +443,25 @@ fn check_reaches_redis_or_says_it_cannot() {
             .contains("cannot reach the shared queue"),
         "{}",
         down.describe()
+    );
+}
+
+#[test]
+fn a_stopping_instance_hands_the_lease_over_at_once() {
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::primary();
+    let up = down_upstream(Behaviour::Ok);
+    // A lease far longer than the test: only a release lets b take over in time.
+    let conf = || shared_conf(&up.url(), &redis.url()).set("DEFERRED_Q_REDIS_LEASE", "60");
+    let mut a = conf().start();
+    assert!(wait_until(Duration::from_secs(5), || holds_lease(&a)));
+    let b = conf().start();
+    a.signal("TERM");
+    assert!(a.wait_exit(Duration::from_secs(15)).is_some(), "a stops");
+    assert!(
+        wait_until(Duration::from_secs(10), || holds_lease(&b)),
+        "b takes the lease well before its 60 s TTL"
     );
 }

@@ -55,6 +55,20 @@ pub fn renew_every(ttl: Duration) -> Duration {
     ttl / 3
 }
 
+/// How often an instance without the lease tries to take it: a released lease (a
+/// holder stopping) is taken within this, an expired one within TTL + this.
+pub const ACQUIRE_EVERY: Duration = Duration::from_millis(500);
+
+/// The keeper's pause before its next call: renew every TTL/3 while holding, else try
+/// to acquire every [`ACQUIRE_EVERY`] (or TTL/3 if shorter).
+pub fn next_tick(holding: bool, ttl: Duration) -> Duration {
+    if holding {
+        renew_every(ttl)
+    } else {
+        renew_every(ttl).min(ACQUIRE_EVERY)
+    }
+}
+
 /// The bound of one keeper call: it must end before the next renewal is due.
 pub fn keeper_call_bound(ttl: Duration, timeout: Duration) -> Duration {
     timeout.min(renew_every(ttl))
@@ -104,6 +118,10 @@ mod tests {
         assert!(held.usable(sent));
         assert!(!held.usable(until));
         assert!(renew_every(TTL) * 3 <= TTL);
+        assert_eq!(next_tick(true, TTL), renew_every(TTL));
+        assert_eq!(next_tick(false, TTL), ACQUIRE_EVERY);
+        let short = Duration::from_millis(300);
+        assert_eq!(next_tick(false, short), renew_every(short));
         assert_eq!(
             keeper_call_bound(TTL, Duration::from_secs(5)),
             renew_every(TTL)

@@ -32,7 +32,8 @@
 //! * [`RedisQueue::try_acquire_or_renew_lease`] — `SET NX PX` semantics with a fence:
 //!   a free lease is taken with the next `INCR` of `fence`; ours is renewed (PEXPIRE);
 //!   another's is reported. [`RedisQueue::keep_lease`] runs this on a thread every
-//!   TTL/3, so a slow delivery does not lose the lease.
+//!   TTL/3 while it holds the lease (so a slow delivery does not lose it), and every
+//!   500 ms while it does not (so a released lease is taken over at once).
 //! * [`RedisQueue::head`] — the oldest entry and the engine's time, only if the lease
 //!   key still holds our value.
 //! * [`RedisQueue::ack`] / [`RedisQueue::dead_letter`] — remove (or move) an entry only
@@ -341,10 +342,11 @@ impl RedisQueue {
         let thread = thread::Builder::new()
             .name("queue-lease".into())
             .spawn(move || {
-                let every = lease::renew_every(inner.opts.lease_ttl);
+                let ttl = inner.opts.lease_ttl;
                 loop {
                     inner.keeper_tick();
-                    match stopped.recv_timeout(every) {
+                    let holding = inner.held().is_some();
+                    match stopped.recv_timeout(lease::next_tick(holding, ttl)) {
                         Err(RecvTimeoutError::Timeout) => continue,
                         _ => return,
                     }

@@ -24,23 +24,6 @@ use support::*;
 // The admin listener
 // ---------------------------------------------------------------------------------------
 
-/// Starts the proxy with an admin listener on a free loopback port; waits until it
-/// answers.
-fn start_with_admin(conf: Conf) -> (ServiceQ, SocketAddr) {
-    let port = refusing_port();
-    let sq = conf
-        .set("ADMIN_ADDRESS", "127.0.0.1")
-        .set("ADMIN_PORT", &port.to_string())
-        .start();
-    let admin: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert!(
-        wait_until(Duration::from_secs(5), || TcpStream::connect(admin).is_ok()),
-        "admin listener not up; stderr:\n{}",
-        sq.stderr()
-    );
-    (sq, admin)
-}
-
 fn admin_get(admin: SocketAddr, path: &str) -> Response {
     get(admin, path)
 }

@@ -32,6 +32,14 @@ fn queue(url: &str, instance: &str) -> RedisQueue {
     RedisQueue::connect(opts(url, instance)).expect("connect")
 }
 
+fn queue_with_lease(redis: &Redis, instance: &str, ttl: Duration) -> RedisQueue {
+    RedisQueue::connect(RedisOptions {
+        lease_ttl: ttl,
+        ..opts(&redis.url(), instance)
+    })
+    .expect("connect")
+}
+
 /// Takes the lease (the test stands in for the keeper thread).
 fn take_lease(q: &RedisQueue) -> u64 {
     match q.try_acquire_or_renew_lease() {
@@ -169,14 +177,10 @@ fn a_holder_paused_past_its_lease_cannot_ack_or_dead_letter() {
     }
     let redis = Redis::primary();
     let ttl = Duration::from_millis(300);
-    let make = |who: &str| {
-        RedisQueue::connect(RedisOptions {
-            lease_ttl: ttl,
-            ..opts(&redis.url(), who)
-        })
-        .expect("connect")
-    };
-    let (a, b) = (make("a"), make("b"));
+    let (a, b) = (
+        queue_with_lease(&redis, "a", ttl),
+        queue_with_lease(&redis, "b", ttl),
+    );
     a.push(b"first").expect("push");
     a.push(b"second").expect("push");
     take_lease(&a);
@@ -213,14 +217,10 @@ fn the_keeper_renews_well_inside_the_ttl_and_release_hands_over_at_once() {
     }
     let redis = Redis::primary();
     let ttl = Duration::from_millis(600);
-    let make = |who: &str| {
-        RedisQueue::connect(RedisOptions {
-            lease_ttl: ttl,
-            ..opts(&redis.url(), who)
-        })
-        .expect("connect")
-    };
-    let (a, b) = (make("a"), make("b"));
+    let (a, b) = (
+        queue_with_lease(&redis, "a", ttl),
+        queue_with_lease(&redis, "b", ttl),
+    );
     a.keep_lease().expect("keeper");
     assert!(wait_until(Duration::from_secs(5), || a.holds_lease()));
     // Three TTLs later a still holds it, with the fence it took.

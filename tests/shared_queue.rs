@@ -20,7 +20,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -241,20 +240,6 @@ fn redis_killed_and_restarted_while_clients_buffer_loses_no_buffered_request() {
 /// Waits until the replay logged a delivery that emptied the shared queue.
 fn wait_drained_shared(sq: &ServiceQ, timeout: Duration) -> bool {
     wait_until(timeout, || sq.stderr().contains("; 0 left"))
-}
-
-fn start_with_admin(conf: Conf) -> (ServiceQ, SocketAddr) {
-    let port = refusing_port();
-    let sq = conf
-        .set("ADMIN_ADDRESS", "127.0.0.1")
-        .set("ADMIN_PORT", &port.to_string())
-        .start();
-    let admin: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert!(wait_until(Duration::from_secs(5), || TcpStream::connect(
-        admin
-    )
-    .is_ok()));
-    (sq, admin)
 }
 
 #[test]

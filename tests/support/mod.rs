@@ -473,13 +473,7 @@ impl ServiceQ {
 
     /// Sends a signal by name (`TERM`, `HUP`, …) with the `kill` utility.
     pub fn signal(&self, name: &str) {
-        let st = Command::new("kill")
-            .arg("-s")
-            .arg(name)
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(st.success(), "kill -s {name} failed");
+        send_signal(self.pid(), name);
     }
 
     /// Waits for the process to exit; None when it is still running after `timeout`.
@@ -520,6 +514,34 @@ impl Drop for ServiceQ {
             );
         }
     }
+}
+
+/// Sends signal `name` (`TERM`, `STOP`, …) to `pid` with the `kill` utility.
+pub fn send_signal(pid: u32, name: &str) {
+    let st = Command::new("kill")
+        .arg("-s")
+        .arg(name)
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill -s {name} {pid} failed");
+}
+
+/// Starts the proxy with an admin listener on a free loopback port; waits until it
+/// answers.
+pub fn start_with_admin(conf: Conf) -> (ServiceQ, SocketAddr) {
+    let port = refusing_port();
+    let sq = conf
+        .set("ADMIN_ADDRESS", "127.0.0.1")
+        .set("ADMIN_PORT", &port.to_string())
+        .start();
+    let admin: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || TcpStream::connect(admin).is_ok()),
+        "admin listener not up; stderr:\n{}",
+        sq.stderr()
+    );
+    (sq, admin)
 }
 
 pub fn rss_kib(pid: u32) -> Option<u64> {

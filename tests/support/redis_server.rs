@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{require_tool, wait_until, TempDir};
+use super::{require_tool, send_signal, wait_until, TempDir};
 
 /// How long a fresh redis-server gets to answer PING.
 const READY_DEADLINE: Duration = Duration::from_secs(10);
@@ -195,13 +195,7 @@ impl Redis {
 
     /// Sends a signal by name (`STOP`, `CONT`) with the `kill` utility.
     pub fn signal(&self, name: &str) {
-        let st = Command::new("kill")
-            .arg("-s")
-            .arg(name)
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(st.success(), "kill -s {name} failed");
+        send_signal(self.pid(), name);
     }
 }
 

@@ -65,6 +65,8 @@ pub struct Entry<'a> {
     /// `deferred`, `upfront`, or none.
     pub queued: Option<&'static str>,
     pub request_id: &'a str,
+    /// An upgraded connection's bytes (from the client, to the client).
+    pub tunnel: Option<(u64, u64)>,
 }
 
 impl AccessLog {
@@ -180,6 +182,9 @@ fn format_entry(e: &Entry<'_>, now: OffsetDateTime) -> String {
         e.queued.unwrap_or("-"),
         Escaped(e.request_id.as_bytes()),
     );
+    if let Some((from_client, to_client)) = e.tunnel {
+        let _ = write!(line, " tunnel_in={from_client} tunnel_out={to_client}");
+    }
     line.push('\n');
     line
 }
@@ -206,6 +211,7 @@ mod tests {
             request_time: Duration::from_millis(2),
             queued: None,
             request_id: "abc",
+            tunnel: None,
         };
         let line = format_entry(&e, datetime!(2026-11-22 01:02:03 UTC));
         assert_eq!(
@@ -213,6 +219,16 @@ mod tests {
             "127.0.0.1 - - [22/Nov/2026:01:02:03 +0000] \"GET /a?b=1 HTTP/1.1\" 200 1234 \"-\" \
              \"curl/7.88.1\" upstream=http://127.0.0.1:8001 attempts=1 upstream_time=0.001 \
              request_time=0.002 queued=- id=abc\n"
+        );
+        let upgraded = Entry {
+            status: 101,
+            tunnel: Some((10, 20)),
+            ..e
+        };
+        let line = format_entry(&upgraded, datetime!(2026-11-22 01:02:03 UTC));
+        assert!(
+            line.ends_with(" id=abc tunnel_in=10 tunnel_out=20\n"),
+            "{line}"
         );
     }
 }

@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::metrics::{self, EndpointFigures, Gauges};
+use crate::metrics::{self, CheckFigures, EndpointFigures, Gauges};
 use crate::proxy::Proxy;
 use crate::queue::redis::{LeaseState, RedisStatus};
-use crate::server::Pool;
+use crate::slots::Pool;
 use crate::upstream::FAILURE_CODES;
 
 /// The longest an admin request's whole head may take to arrive (a deadline, not a
@@ -256,6 +256,15 @@ impl Admin {
                     )
                 }),
                 idle_connections: u.idle_count(),
+                check: settings
+                    .cfg
+                    .health_check_path
+                    .as_ref()
+                    .map(|_| CheckFigures {
+                        up: !u.health.is_down(),
+                        checks: metrics::Metrics::get(&u.health.probes),
+                        failed: metrics::Metrics::get(&u.health.failed_probes),
+                    }),
             })
             .collect()
     }
@@ -290,7 +299,14 @@ impl Admin {
         };
         let mut rows = String::new();
         for (e, share) in endpoints.iter().zip(&shares) {
-            let (class, health) = if e.error_count == 0 {
+            let checked = match e.check {
+                None => "off",
+                Some(c) if c.up => "up",
+                Some(_) => "down",
+            };
+            let (class, health) = if checked == "down" {
+                ("down", "marked down by health checks".to_string())
+            } else if e.error_count == 0 {
                 ("up", "healthy".to_string())
             } else {
                 (
@@ -301,7 +317,7 @@ impl Admin {
             let failed: u64 = e.failures.iter().map(|(_, n)| n).sum();
             let _ = write!(
                 rows,
-                "<tr class=\"{class}\"><td>{}</td><td>{health}</td><td>{}</td><td>{}</td><td>{}</td><td>{failed}</td><td>{}</td></tr>",
+                "<tr class=\"{class}\"><td>{}</td><td>{health}</td><td class=\"check\">{checked}</td><td>{}</td><td>{}</td><td>{}</td><td>{failed}</td><td>{}</td></tr>",
                 html_escape(&e.label),
                 e.error_count,
                 share.map_or("–".to_string(), |s| format!("{:.0}%", s * 100.0)),
@@ -320,7 +336,23 @@ impl Admin {
             rows = rows,
             queue_backend = queue_backend_line(g.queue_backend, g.shared.as_ref()),
             chart = queue_chart(&depths),
+            tls = self.tls_line(),
         )
+    }
+
+    /// The listener's certificate, or why handshakes fail (ACME not done yet).
+    fn tls_line(&self) -> String {
+        self.proxy.tls.as_ref().map_or(String::new(), |tls| {
+            let class = if tls.has_certificate() {
+                "meta"
+            } else {
+                "meta down"
+            };
+            format!(
+                "<div class=\"{class}\" id=\"tls\">TLS: {}</div>",
+                html_escape(&tls.status())
+            )
+        })
     }
 }
 

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::checks::StatusRanges;
 use crate::formats::RequestFormats;
 
 /// `http` or `https`, as written in ENDPOINTS.
@@ -82,6 +83,13 @@ pub struct Config {
     pub ssl_private_key_file: Option<PathBuf>,
     pub ssl_upstream_ca_file: Option<PathBuf>,
     pub ssl_upstream_verify: bool,
+    /// SSL_AUTO_*: certificates from an ACME server (see `acme/`).
+    pub ssl_auto_enable: bool,
+    pub ssl_auto_domains: Vec<String>,
+    pub ssl_auto_directory_url: String,
+    pub ssl_auto_cache_dir: PathBuf,
+    pub ssl_auto_http_port: u16,
+    pub ssl_auto_ca_file: Option<PathBuf>,
     pub deferred_q_dir: Option<PathBuf>,
     pub deferred_q_fsync: FsyncPolicy,
     /// `None` = forever (`0`).
@@ -113,6 +121,15 @@ pub struct Config {
     pub access_log_file: Option<PathBuf>,
     pub admin_address: IpAddr,
     pub admin_port: u16,
+    /// Active health checks (`health.rs`); `None` = off.
+    pub health_check_path: Option<String>,
+    pub health_check_interval: Duration,
+    pub health_check_timeout: Duration,
+    pub health_check_rise: u32,
+    pub health_check_fall: u32,
+    pub health_check_status: StatusRanges,
+    /// How long an upgraded connection (`tunnel.rs`) may stay silent both ways.
+    pub tunnel_idle_timeout: Duration,
 }
 
 /// A configuration problem: printed by `main` as
@@ -176,6 +193,12 @@ impl Config {
             ssl_private_key_file: None,
             ssl_upstream_ca_file: None,
             ssl_upstream_verify: true,
+            ssl_auto_enable: false,
+            ssl_auto_domains: Vec::new(),
+            ssl_auto_directory_url: LETS_ENCRYPT_DIRECTORY.to_string(),
+            ssl_auto_cache_dir: PathBuf::from("/opt/serviceq/acme"),
+            ssl_auto_http_port: 80,
+            ssl_auto_ca_file: None,
             deferred_q_dir: None,
             deferred_q_fsync: FsyncPolicy::Always,
             deferred_q_max_age: None,
@@ -197,6 +220,16 @@ impl Config {
             access_log_file: None,
             admin_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             admin_port: 0,
+            health_check_path: None,
+            health_check_interval: Duration::from_secs(2),
+            health_check_timeout: Duration::from_secs(1),
+            // HAProxy's defaults.
+            health_check_rise: 2,
+            health_check_fall: 3,
+            health_check_status: StatusRanges::default_healthy(),
+            // HAProxy's `timeout tunnel` is commonly set to an hour, nginx's
+            // proxy_read_timeout for WebSocket to minutes: five is between.
+            tunnel_idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -242,6 +275,11 @@ const KEYS: &[&str] = &[
     "SSL_CERTIFICATE_FILE",
     "SSL_PRIVATE_KEY_FILE",
     "SSL_AUTO_ENABLE",
+    "SSL_AUTO_DOMAINS",
+    "SSL_AUTO_DIRECTORY_URL",
+    "SSL_AUTO_CACHE_DIR",
+    "SSL_AUTO_HTTP_PORT",
+    "SSL_AUTO_CA_FILE",
     "SSL_UPSTREAM_CA_FILE",
     "SSL_UPSTREAM_VERIFY",
     "DEFERRED_Q_DIR",
@@ -265,6 +303,13 @@ const KEYS: &[&str] = &[
     "ACCESS_LOG_FILE",
     "ADMIN_ADDRESS",
     "ADMIN_PORT",
+    "HEALTH_CHECK_PATH",
+    "HEALTH_CHECK_INTERVAL",
+    "HEALTH_CHECK_TIMEOUT",
+    "HEALTH_CHECK_RISE",
+    "HEALTH_CHECK_FALL",
+    "HEALTH_CHECK_STATUS",
+    "TUNNEL_IDLE_TIMEOUT",
 ];
 
 /// Headers that `ServiceQ` sets or strips itself (RFC 9112 §6 framing, RFC 9110 §7.6.1
@@ -613,6 +658,7 @@ impl Entries<'_> {
         self.read_client_limits(&mut config)?;
         self.read_tls(&mut config)?;
         self.read_logs_and_admin(&mut config)?;
+        self.read_health_checks(&mut config)?;
         self.collect_warnings(&config, warnings);
         Ok(config)
     }
@@ -734,8 +780,8 @@ impl Entries<'_> {
     }
 
     fn read_tls(&self, c: &mut Config) -> Result<(), ConfigError> {
-        self.check("SSL_AUTO_ENABLE", parse_ssl_auto_enable)?;
         self.set(&mut c.ssl_enable, "SSL_ENABLE", parse_bool)?;
+        self.read_ssl_auto(c)?;
         let certificate = &mut c.ssl_certificate_file;
         self.set(certificate, "SSL_CERTIFICATE_FILE", parse_optional_path)?;
         let private_key = &mut c.ssl_private_key_file;
@@ -764,6 +810,29 @@ impl Entries<'_> {
         )?;
         self.set(&mut c.admin_address, "ADMIN_ADDRESS", parse_ip)?;
         self.set(&mut c.admin_port, "ADMIN_PORT", parse_port)
+    }
+
+    fn read_health_checks(&self, c: &mut Config) -> Result<(), ConfigError> {
+        let path = &mut c.health_check_path;
+        self.set(path, "HEALTH_CHECK_PATH", parse_health_check_path)?;
+        let interval = &mut c.health_check_interval;
+        self.set(interval, "HEALTH_CHECK_INTERVAL", parse_seconds_positive)?;
+        let timeout = &mut c.health_check_timeout;
+        self.set(timeout, "HEALTH_CHECK_TIMEOUT", parse_seconds_positive)?;
+        self.set(
+            &mut c.health_check_rise,
+            "HEALTH_CHECK_RISE",
+            parse_check_count,
+        )?;
+        self.set(
+            &mut c.health_check_fall,
+            "HEALTH_CHECK_FALL",
+            parse_check_count,
+        )?;
+        let status = &mut c.health_check_status;
+        self.set(status, "HEALTH_CHECK_STATUS", StatusRanges::parse)?;
+        let idle = &mut c.tunnel_idle_timeout;
+        self.set(idle, "TUNNEL_IDLE_TIMEOUT", parse_seconds_positive)
     }
 
     /// Overwrites `field` with the parsed value when the file gives `key`; otherwise
@@ -832,10 +901,34 @@ impl Entries<'_> {
         }
     }
 
-    /// `SSL_ENABLE=true` needs both files; whether they can be read is checked where they
-    /// are loaded, so that SIGHUP and start-up report it the same way.
+    fn read_ssl_auto(&self, c: &mut Config) -> Result<(), ConfigError> {
+        self.set(&mut c.ssl_auto_enable, "SSL_AUTO_ENABLE", parse_bool)?;
+        self.set(&mut c.ssl_auto_domains, "SSL_AUTO_DOMAINS", parse_domains)?;
+        let url = &mut c.ssl_auto_directory_url;
+        self.set(url, "SSL_AUTO_DIRECTORY_URL", parse_https_url)?;
+        self.set(&mut c.ssl_auto_cache_dir, "SSL_AUTO_CACHE_DIR", parse_path)?;
+        self.set(&mut c.ssl_auto_http_port, "SSL_AUTO_HTTP_PORT", parse_port)?;
+        let ca = &mut c.ssl_auto_ca_file;
+        self.set(ca, "SSL_AUTO_CA_FILE", parse_optional_path)?;
+        if !c.ssl_auto_enable {
+            return Ok(());
+        }
+        if !c.ssl_enable {
+            let why = "needs SSL_ENABLE=true (the certificates are for the TLS listener)";
+            return Err(self.error("SSL_AUTO_ENABLE", why));
+        }
+        if c.ssl_auto_domains.is_empty() {
+            let why = "missing (required when SSL_AUTO_ENABLE=true)";
+            return Err(self.error("SSL_AUTO_DOMAINS", why));
+        }
+        Ok(())
+    }
+
+    /// `SSL_ENABLE=true` needs both files (unless ACME provides them); whether they can
+    /// be read is checked where they are loaded, so that SIGHUP and start-up report it
+    /// the same way.
     fn check_tls_files(&self, config: &Config) -> Result<(), ConfigError> {
-        if !config.ssl_enable {
+        if !config.ssl_enable || config.ssl_auto_enable {
             return Ok(());
         }
         let files = [
@@ -857,13 +950,18 @@ impl Entries<'_> {
                  anyone on the network path can impersonate them",
             ));
         }
-        if !config.ssl_enable {
+        let unused_files = match (config.ssl_enable, config.ssl_auto_enable) {
+            (false, _) => Some("ignored because SSL_ENABLE is false"),
+            (true, true) => Some("not used: SSL_AUTO_ENABLE=true gets the certificate by ACME"),
+            (true, false) => None,
+        };
+        if let Some(why) = unused_files {
             let given = [
                 ("SSL_CERTIFICATE_FILE", &config.ssl_certificate_file),
                 ("SSL_PRIVATE_KEY_FILE", &config.ssl_private_key_file),
             ];
             for (key, _) in given.iter().filter(|(_, path)| path.is_some()) {
-                warnings.push(self.warning(key, "ignored because SSL_ENABLE is false"));
+                warnings.push(self.warning(key, why));
             }
         }
         for (index, endpoint) in config.endpoints.iter().enumerate() {
@@ -931,13 +1029,39 @@ fn parse_proto(value: &str) -> Result<(), String> {
     }
 }
 
-fn parse_ssl_auto_enable(value: &str) -> Result<(), String> {
-    const UNSUPPORTED: &str = "automatic certificates are not supported; set SSL_ENABLE=true \
-                               with SSL_CERTIFICATE_FILE and SSL_PRIVATE_KEY_FILE instead";
-    if parse_bool(value)? {
-        return Err(UNSUPPORTED.to_string());
+/// Let's Encrypt's production ACME directory: SSL_AUTO_DIRECTORY_URL's default.
+pub const LETS_ENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// Comma-separated DNS names (no wildcards: HTTP-01 cannot validate them).
+fn parse_domains(value: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let valid = name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            let what = "comma-separated DNS names such as example.com,www.example.com \
+                        (no wildcards: the HTTP-01 challenge cannot prove them)";
+            return Err(expected(what, name));
+        }
+        out.push(name.to_ascii_lowercase());
     }
-    Ok(())
+    Ok(out)
+}
+
+fn parse_https_url(value: &str) -> Result<String, String> {
+    let rest = value.strip_prefix("https://").unwrap_or("");
+    if rest.is_empty() || rest.contains(char::is_whitespace) {
+        return Err(expected("an https:// URL", value));
+    }
+    Ok(value.to_string())
 }
 
 fn parse_concurrency_peak(value: &str) -> Result<usize, String> {
@@ -1094,6 +1218,23 @@ fn parse_max_age(value: &str) -> Result<Option<Duration>, String> {
     let what = "seconds (e.g. 3600), or 0 to keep queued requests forever";
     let seconds = parse_seconds(value, what)?;
     Ok((!seconds.is_zero()).then_some(seconds))
+}
+
+/// An origin-form path (and query) for the check's request line; empty = checks off.
+fn parse_health_check_path(value: &str) -> Result<Option<String>, String> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let visible = value.bytes().all(|b| b.is_ascii_graphic());
+    if !value.starts_with('/') || !visible {
+        return Err(expected("a path such as /healthz (no spaces)", value));
+    }
+    Ok(Some(value.to_string()))
+}
+
+/// HEALTH_CHECK_RISE / HEALTH_CHECK_FALL: checks in a row, 1 to 100.
+fn parse_check_count(value: &str) -> Result<u32, String> {
+    parse_usize_in(value, (1, 100)).map(|n| n as u32)
 }
 
 fn parse_endpoints(value: &str) -> Result<Vec<Endpoint>, String> {
@@ -1289,6 +1430,47 @@ mod tests {
         assert_eq!(c.access_log_file, None);
         assert_eq!(c.admin_address, "127.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(c.admin_port, 0);
+        assert_eq!(c.health_check_path, None);
+        assert_eq!(c.health_check_interval, secs(2.0));
+        assert_eq!(c.health_check_timeout, secs(1.0));
+        assert_eq!((c.health_check_rise, c.health_check_fall), (2, 3));
+        assert_eq!(c.health_check_status, StatusRanges::default_healthy());
+        assert_eq!(c.tunnel_idle_timeout, secs(300.0));
+        assert_eq!(
+            config_with("TUNNEL_IDLE_TIMEOUT=0.5").tunnel_idle_timeout,
+            secs(0.5)
+        );
+    }
+
+    #[test]
+    fn health_check_settings() {
+        let c = config_with(
+            "HEALTH_CHECK_PATH=/healthz?deep=1\nHEALTH_CHECK_INTERVAL=0.2\nHEALTH_CHECK_TIMEOUT=0.5\n\
+             HEALTH_CHECK_RISE=1\nHEALTH_CHECK_FALL=5\nHEALTH_CHECK_STATUS=200,204-205",
+        );
+        assert_eq!(c.health_check_path.as_deref(), Some("/healthz?deep=1"));
+        assert_eq!(c.health_check_interval, secs(0.2));
+        assert_eq!(c.health_check_timeout, secs(0.5));
+        assert_eq!((c.health_check_rise, c.health_check_fall), (1, 5));
+        assert!(c.health_check_status.contains(205) && !c.health_check_status.contains(201));
+        assert_eq!(config_with("HEALTH_CHECK_PATH=").health_check_path, None);
+        for bad in [
+            "HEALTH_CHECK_PATH=healthz",
+            "HEALTH_CHECK_PATH=/a b",
+            "HEALTH_CHECK_INTERVAL=0",
+            "HEALTH_CHECK_TIMEOUT=-1",
+            "HEALTH_CHECK_RISE=0",
+            "HEALTH_CHECK_FALL=101",
+            "HEALTH_CHECK_STATUS=2xx",
+        ] {
+            let e = parse_err(&format!("{BASE}{bad}\n"));
+            let key = bad.split('=').next().unwrap();
+            assert_eq!(
+                (e.line, e.key.as_deref()),
+                (Some(3), Some(key)),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]
@@ -1375,6 +1557,22 @@ mod tests {
         assert!(config_with("SSL_UPSTREAM_VERIFY=true").ssl_upstream_verify);
         config_with("SSL_AUTO_ENABLE=false");
         config_with("SSL_AUTO_ENABLE=0");
+        let auto =
+            config_with("SSL_ENABLE=true\nSSL_AUTO_ENABLE=true\nSSL_AUTO_DOMAINS=A.test, b.test");
+        assert!(auto.ssl_auto_enable && auto.ssl_certificate_file.is_none());
+        assert_eq!(auto.ssl_auto_domains, ["a.test", "b.test"]);
+        assert_eq!(auto.ssl_auto_directory_url, LETS_ENCRYPT_DIRECTORY);
+        assert_eq!(auto.ssl_auto_http_port, 80);
+        let body = format!("{BASE}SSL_ENABLE=true\nSSL_AUTO_ENABLE=true\nSSL_AUTO_DOMAINS=a.test\nSSL_CERTIFICATE_FILE=c.pem\n");
+        let (_, warnings) = parse(&body).unwrap();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("SSL_CERTIFICATE_FILE: not used")),
+            "{warnings:?}"
+        );
+        let e = parse_err(&format!("{BASE}SSL_ENABLE=true\nSSL_AUTO_ENABLE=true\n"));
+        assert!(e.to_string().contains("SSL_AUTO_DOMAINS: missing"), "{e}");
     }
 
     #[test]
@@ -1475,13 +1673,19 @@ mod tests {
 
     /// (line 3, substring of the Display); the error must sit on line 3 and name the key.
     const INVALID: &[(&str, &str)] = &[
-        ("LISTENER_PORT=65536", "expected a port from 0 to 65535, got \"65536\""),
+        (
+            "LISTENER_PORT=65536",
+            "expected a port from 0 to 65535, got \"65536\"",
+        ),
         ("LISTENER_PORT=-1", "got \"-1\""),
         ("LISTENER_PORT=+80", "got \"+80\""),
         ("LISTENER_PORT=", "got \"\""),
         ("LISTENER_PORT=80 80", "got \"80 80\""),
         ("ADMIN_PORT=99999", "expected a port"),
-        ("CLIENT_BODY_BUFFER_SIZE=1023", "an integer from 1024 to 67108864"),
+        (
+            "CLIENT_BODY_BUFFER_SIZE=1023",
+            "an integer from 1024 to 67108864",
+        ),
         ("CLIENT_BODY_TEMP_DIR=", "expected a file path"),
         ("DEFERRED_Q_MAX_MEMORY=-1", "a number of bytes"),
         ("LISTENER_ADDRESS=localhost", "expected an IP address"),
@@ -1489,15 +1693,27 @@ mod tests {
         ("ADMIN_ADDRESS=1.2.3", "expected an IP address"),
         ("PROTO=https", "expected \"http\""),
         ("PROTO=tcp", "got \"tcp\""),
-        ("CONCURRENCY_PEAK=lots", "expected a positive integer, got \"lots\""),
-        ("CONCURRENCY_PEAK=0", "expected a positive integer, got \"0\""),
+        (
+            "CONCURRENCY_PEAK=lots",
+            "expected a positive integer, got \"lots\"",
+        ),
+        (
+            "CONCURRENCY_PEAK=0",
+            "expected a positive integer, got \"0\"",
+        ),
         ("CONCURRENCY_PEAK=65537", "at most 65536, got \"65537\""),
-        ("CONCURRENCY_PEAK=99999999999999999999999", "expected a positive integer"),
+        (
+            "CONCURRENCY_PEAK=99999999999999999999999",
+            "expected a positive integer",
+        ),
         ("CONCURRENCY_PEAK=1e3", "got \"1e3\""),
         ("CONCURRENCY_PEAK=", "got \"\""),
         ("OUTGOING_REQUEST_TIMEOUT=0", "greater than 0"),
         ("OUTGOING_REQUEST_TIMEOUT=5s", "got \"5s\""),
-        ("OUTGOING_REQUEST_TIMEOUT=-2", "or -1 for no timeout, got \"-2\""),
+        (
+            "OUTGOING_REQUEST_TIMEOUT=-2",
+            "or -1 for no timeout, got \"-2\"",
+        ),
         ("OUTGOING_REQUEST_TIMEOUT=-1.0", "got \"-1.0\""),
         ("OUTGOING_REQUEST_TIMEOUT=", "got \"\""),
         ("RETRY_GAP=-1", "got \"-1\""),
@@ -1513,34 +1729,72 @@ mod tests {
         ("MAX_RETRIES=2.5", "expected a positive integer"),
         ("KEEP_ALIVE_TIMEOUT=-5", "or -1 for no limit, got \"-5\""),
         ("KEEP_ALIVE_TIMEOUT=forever", "got \"forever\""),
-        ("ENABLE_DEFERRED_Q=yes", "expected true or false, got \"yes\""),
+        (
+            "ENABLE_DEFERRED_Q=yes",
+            "expected true or false, got \"yes\"",
+        ),
         ("ENABLE_UPFRONT_Q=2", "expected true or false"),
         ("ENABLE_UPFRONT_Q=", "expected true or false, got \"\""),
         ("SSL_ENABLE=on", "expected true or false"),
         ("SSL_UPSTREAM_VERIFY=no", "expected true or false"),
         ("SSL_AUTO_ENABLE=maybe", "expected true or false"),
-        ("SSL_AUTO_ENABLE=true", "automatic certificates are not supported; set SSL_ENABLE=true with SSL_CERTIFICATE_FILE and SSL_PRIVATE_KEY_FILE instead"),
+        (
+            "SSL_AUTO_ENABLE=true",
+            "needs SSL_ENABLE=true (the certificates are for the TLS listener)",
+        ),
+        ("SSL_AUTO_DOMAINS=*.example.com", "no wildcards"),
+        (
+            "SSL_AUTO_DIRECTORY_URL=http://acme.test/dir",
+            "expected an https:// URL",
+        ),
         ("DEFERRED_Q_REQUEST_FORMATS=post", "malformed rule \"post\""),
         ("DEFERRED_Q_REQUEST_FORMATS=POST,,PUT", "empty rule #2"),
         ("DEFERRED_Q_REQUEST_FORMATS=", "empty rule #1"),
-        ("DEFERRED_Q_REQUEST_FORMATS=FOO BAR BAZ QUX", "malformed rule \"FOO BAR BAZ QUX\": expected METHOD [ROUTE] [!]"),
-        ("DEFERRED_Q_FSYNC=sometimes", "expected always, interval or never, got \"sometimes\""),
+        (
+            "DEFERRED_Q_REQUEST_FORMATS=FOO BAR BAZ QUX",
+            "malformed rule \"FOO BAR BAZ QUX\": expected METHOD [ROUTE] [!]",
+        ),
+        (
+            "DEFERRED_Q_FSYNC=sometimes",
+            "expected always, interval or never, got \"sometimes\"",
+        ),
         ("DEFERRED_Q_MAX_AGE=-1", "got \"-1\""),
         ("DEFERRED_Q_MAX_AGE=1h", "got \"1h\""),
-        ("MAX_REQUEST_BODY=10MB", "expected a number of bytes (0 or more), got \"10MB\""),
+        (
+            "MAX_REQUEST_BODY=10MB",
+            "expected a number of bytes (0 or more), got \"10MB\"",
+        ),
         ("MAX_REQUEST_BODY=-1", "got \"-1\""),
-        ("MAX_HEADER_SIZE=1023", "expected an integer from 1024 to 1048576, got \"1023\""),
+        (
+            "MAX_HEADER_SIZE=1023",
+            "expected an integer from 1024 to 1048576, got \"1023\"",
+        ),
         ("MAX_HEADER_SIZE=1048577", "from 1024 to 1048576"),
-        ("MAX_HEADERS=0", "expected an integer from 1 to 1000, got \"0\""),
+        (
+            "MAX_HEADERS=0",
+            "expected an integer from 1 to 1000, got \"0\"",
+        ),
         ("MAX_HEADERS=1001", "from 1 to 1000"),
-        ("CLIENT_HEADER_TIMEOUT=0", "expected seconds greater than 0, e.g. 10 or 0.5, got \"0\""),
+        (
+            "CLIENT_HEADER_TIMEOUT=0",
+            "expected seconds greater than 0, e.g. 10 or 0.5, got \"0\"",
+        ),
         ("CLIENT_HEADER_TIMEOUT=-1", "got \"-1\""),
         ("CLIENT_BODY_TIMEOUT=0.0", "greater than 0"),
         ("SHUTDOWN_GRACE=-1", "got \"-1\""),
         ("ERROR_LOG_FILE=", "expected a file path, got \"\""),
-        ("ENDPOINTS=", "expected a comma-separated list of scheme://host[:port], got \"\""),
-        ("CUSTOM_RESPONSE_HEADERS=X-A", "header \"X-A\": expected Name: value"),
-        ("CUSTOM_REQUEST_HEADERS=Server", "header \"Server\": expected Name: value"),
+        (
+            "ENDPOINTS=",
+            "expected a comma-separated list of scheme://host[:port], got \"\"",
+        ),
+        (
+            "CUSTOM_RESPONSE_HEADERS=X-A",
+            "header \"X-A\": expected Name: value",
+        ),
+        (
+            "CUSTOM_REQUEST_HEADERS=Server",
+            "header \"Server\": expected Name: value",
+        ),
     ];
 
     #[test]
@@ -2152,8 +2406,10 @@ mod tests {
     /// unset by default show an example value instead and are skipped.
     #[test]
     fn example_commented_defaults_match_the_code() {
-        const UNSET_BY_DEFAULT: [&str; 5] = [
+        const UNSET_BY_DEFAULT: [&str; 7] = [
             "SSL_CERTIFICATE_FILE",
+            "SSL_AUTO_DOMAINS",
+            "SSL_AUTO_CA_FILE",
             "SSL_PRIVATE_KEY_FILE",
             "SSL_UPSTREAM_CA_FILE",
             "DEFERRED_Q_DIR",

@@ -10,20 +10,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::accesslog;
+use crate::attempt::{Scratch, Settings};
 use crate::body::Body;
 use crate::buffer::IoBuf;
 use crate::error::{is_timeout, ClientError, LogCode, Reply};
-use crate::forward::{self, ClientFraming};
+use crate::forward;
 use crate::http::headers;
 use crate::http::{
     parse_request_into, BodyFraming, ChunkedDecoder, HeadLimits, RequestHead, Version,
 };
+use crate::linger::linger_after_reply;
 use crate::logging::escaped;
 use crate::metrics::{self, METRICS};
-use crate::proxy::{Proxy, Scratch, Settings};
+use crate::proxy::Proxy;
 use crate::queue::QueuedRequest;
+use crate::relay::ClientFraming;
 use crate::relay::{self, RelayEnd, Sink, RELAY_READ_BYTES};
-use crate::server::{linger_after_reply, state, Accepted, Pool, WorkerSlot};
+use crate::slots::{state, Accepted, Pool, ServeConnection, WorkerSlot};
 use crate::stream::Stream;
 use crate::upstream::{Exchange, OutgoingRequest};
 
@@ -121,6 +124,8 @@ struct Outcome {
     upstream_time: Option<Duration>,
     queued: Option<&'static str>,
     request_id: String,
+    /// Bytes each way through an upgraded connection (from, to the client).
+    tunnel: Option<(u64, u64)>,
 }
 
 impl Outcome {
@@ -131,6 +136,12 @@ impl Outcome {
             request_id: id,
             ..Outcome::default()
         };
+    }
+}
+
+impl ServeConnection for Worker {
+    fn serve(&mut self, accepted: Accepted, slot: &WorkerSlot, pool: &Pool) {
+        Worker::serve(self, accepted, slot, pool)
     }
 }
 
@@ -243,17 +254,16 @@ impl Worker {
         }
     }
 
-    /// On a TLS listener, the handshake, bounded by CLIENT_HEADER_TIMEOUT so that a
-    /// client that connects and stays silent cannot hold the worker longer (SPEC §8).
+    /// On a TLS listener, the handshake, with CLIENT_HEADER_TIMEOUT as a deadline for
+    /// the whole of it, so that a client that stays silent or dribbles its ClientHello
+    /// cannot hold the worker longer (SPEC §8).
     fn handshake(&self, tcp: TcpStream) -> Option<Stream> {
-        let Some(acceptor) = &self.proxy.tls else {
+        let Some(tls) = &self.proxy.tls else {
             return Some(Stream::Plain(tcp));
         };
-        let limit = Some(self.settings.1.cfg.client_header_timeout);
-        crate::stream::set_timeouts(&tcp, limit).ok()?;
         let peer = tcp.peer_addr().ok();
-        match acceptor.accept(tcp) {
-            Ok(tls) => Some(Stream::Tls(Box::new(tls))),
+        match tls.accept(tcp, self.settings.1.cfg.client_header_timeout) {
+            Ok(tls) => Some(Stream::Served(Box::new(tls))),
             Err(e) => {
                 log::debug!("{peer:?}: TLS handshake failed: {e}");
                 None
@@ -370,7 +380,7 @@ impl Worker {
             if !slot.go_idle(pool.now_ms(), state::FIRST) {
                 return Ok(false);
             }
-            let peeked = tcp.peek(&mut [0u8; 1]);
+            let peeked = peek_blocking(tcp);
             // Reclaimed: the acceptor's peek found nothing, so no request is lost.
             return Ok(slot.go_busy() && matches!(peeked, Ok(n) if n > 0));
         }
@@ -504,7 +514,9 @@ impl Worker {
             &mut self.line,
             &mut self.headers,
         );
-        let queueable = settings.is_queueable(&head.method, &head.target);
+        // An upgrade is never queued: its client waits for the switch (`tunnel.rs`).
+        let upgrade = crate::http::upgrade::offered_upgrade(head).is_some();
+        let queueable = !upgrade && settings.is_queueable(&head.method, &head.target);
         let (upfront, deferred) = (
             queueable && settings.cfg.enable_upfront_q,
             queueable && settings.cfg.enable_deferred_q,
@@ -517,6 +529,7 @@ impl Worker {
             request_line: &self.line,
             headers: &self.headers,
             body: &self.body,
+            upgrade,
         };
         let upstream_started = Instant::now();
         let tried = self.settings.1.try_endpoints(
@@ -586,7 +599,7 @@ impl Worker {
                     "{} {} (X-Request-Id {}) not queued: {e}",
                     escaped(&head.method),
                     escaped(&head.target),
-                    self.outcome.request_id
+                    escaped(&self.outcome.request_id)
                 );
                 (self.reply(client, head, unqueued), Hold::Released)
             }
@@ -651,6 +664,7 @@ impl Worker {
             request_time: took,
             queued: None,
             request_id: "-",
+            tunnel: None,
         });
     }
 
@@ -663,6 +677,9 @@ impl Worker {
         idx: usize,
         exchange: Exchange,
     ) -> Next {
+        if exchange.head.status == 101 {
+            return self.switch_protocols(client, idx, exchange);
+        }
         let (proxy, settings) = (&self.proxy, &self.settings.1);
         let (upbuf, out) = (&mut self.upbuf, &mut self.out);
         let scratch = &mut self.scratch;
@@ -716,6 +733,38 @@ impl Worker {
         }
     }
 
+    /// A 101 to an upgrade request: relays it, then the connection is a tunnel until
+    /// both sides are done with it (`tunnel.rs`); it is not HTTP afterwards.
+    fn switch_protocols(&mut self, client: &mut Client, idx: usize, exchange: Exchange) -> Next {
+        let Exchange { mut conn, head } = exchange;
+        let settings = &self.settings.1;
+        forward::switching_protocols_head(&head, &settings.response_headers, &mut self.out);
+        self.scratch.reuse_head(head);
+        (self.outcome.status, self.outcome.relayed) = (101, true);
+        self.outcome.upstream = Some(idx);
+        if client.stream.write_all(&self.out).is_err() {
+            return Next::Abort;
+        }
+        let report = crate::tunnel::run(crate::tunnel::Tunnel {
+            client: &mut client.stream,
+            upstream: &mut conn,
+            client_early: self.inbuf.filled(),
+            upstream_early: self.upbuf.filled(),
+            idle_timeout: settings.cfg.tunnel_idle_timeout,
+        });
+        self.inbuf.clear();
+        self.upbuf.clear();
+        self.outcome.body_bytes = report.to_client;
+        self.outcome.tunnel = Some((report.from_client, report.to_client));
+        log::debug!(
+            "{}: tunnel ended ({:?}) after {:.1?}",
+            client.peer,
+            report.end,
+            report.duration
+        );
+        Next::Abort
+    }
+
     /// Counts a finished request in /metrics and writes its access log line.
     fn record(&self, client: &Client, head: &RequestHead, started: Instant) {
         let o = &self.outcome;
@@ -752,6 +801,7 @@ impl Worker {
             request_time: took,
             queued: o.queued,
             request_id: &o.request_id,
+            tunnel: o.tunnel,
         });
     }
 
@@ -804,6 +854,18 @@ fn close_after(mut client: Client, bytes: &[u8], proxy: &Proxy, linger: Linger) 
         Stream::Plain(tcp) if linger == Linger::IfPending && !has_pending_bytes(&tcp) => drop(tcp),
         Stream::Plain(tcp) => linger_after_reply(&proxy.linger, tcp),
         mut tls => tls.shutdown_write(),
+    }
+}
+
+/// Waits (within the socket's read timeout) until the client sends a byte or closes,
+/// leaving what arrived in the socket. A signal delivered to this thread is not the end
+/// of the wait.
+fn peek_blocking(tcp: &TcpStream) -> io::Result<usize> {
+    loop {
+        match tcp.peek(&mut [0u8; 1]) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
     }
 }
 

@@ -9,15 +9,19 @@
 #![forbid(unsafe_code)]
 
 pub mod accesslog;
+pub mod acme;
 pub mod admin;
+pub mod attempt;
 pub mod balancer;
 pub mod body;
 pub mod buffer;
+pub mod checks;
 pub mod config;
 pub mod conn;
 pub mod error;
 pub mod formats;
 pub mod forward;
+pub mod health;
 pub mod http;
 pub mod journal;
 pub mod linger;
@@ -28,6 +32,9 @@ pub mod queue;
 pub mod relay;
 pub mod server;
 pub mod signals;
+pub mod slots;
 pub mod stream;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;
+pub mod wakeup;

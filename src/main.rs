@@ -13,14 +13,19 @@ use std::sync::Arc;
 use log::LevelFilter;
 
 use serviceq::accesslog::AccessLog;
+use serviceq::acme;
 use serviceq::config::{self, Config, ConfigError};
 use serviceq::config::{FsyncPolicy, QueueBackend};
+use serviceq::conn::Worker;
 use serviceq::journal::{Fsync, Journal, JournalOptions};
 use serviceq::logging::{self, ErrorLog};
 use serviceq::proxy::{Durable, Logs, Proxy, TlsSetup};
 use serviceq::queue::redis::{self, LeaseState, RedisBackend, RedisOptions, RedisQueue};
+use serviceq::queue::Replay;
 use serviceq::server::{self, RunError};
+use serviceq::slots::Pool;
 use serviceq::tls;
+use serviceq::{health, signals};
 
 const DEFAULT_CONFIG: &str = "/opt/serviceq/config/sq.properties";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -74,11 +79,15 @@ fn run() -> Result<(), String> {
     check_body_fits_journal(&cfg)?;
     check_body_temp_dir(&cfg)?;
     let tls = TlsSetup {
-        acceptor: tls::listener_acceptor(&cfg)
-            .map_err(|e| startup_error(&cfg, e.key, e.message))?,
+        acceptor: tls::ListenerTls::from_config(&cfg)
+            .map_err(|e| startup_error(&cfg, e.key, e.message))?
+            .map(Arc::new),
         connector: tls::upstream_connector(&cfg)
             .map_err(|e| startup_error(&cfg, e.key, e.message))?,
     };
+    // Before --check returns, so that it reports a bad SSL_AUTO_CA_FILE too.
+    let acme = acme::Settings::from_config(&cfg)
+        .map_err(|e| startup_error(&cfg, "SSL_AUTO_CA_FILE", e))?;
     if args.check {
         check_journal_dir(&cfg)?;
         let shared = check_shared(&cfg)?;
@@ -104,26 +113,65 @@ fn run() -> Result<(), String> {
     let mut durable = open_journal(&cfg)?;
     durable.shared = open_shared(&cfg, port)?;
     let admin = bind_admin(&cfg)?;
+    start_acme(&cfg, acme, tls.acceptor.as_ref(), port)?;
     let (proxy, replay) = Proxy::new(cfg, logs, port, tls, durable).map_err(|e| e.to_string())?;
     let source = proxy.settings().cfg.source.clone();
-    server::run(listener, admin, Arc::new(proxy), replay).map_err(|e| match e {
-        RunError::Workers {
-            wanted,
-            started,
-            source: err,
-        } => ConfigError {
+    start_threads(listener, admin, Arc::new(proxy), replay).map_err(|e| {
+        let key = matches!(e, RunError::Workers { .. }).then(|| "CONCURRENCY_PEAK".into());
+        ConfigError {
             file: source,
             line: None,
-            key: Some("CONCURRENCY_PEAK".into()),
-            message: format!(
-                "cannot start {wanted} worker threads (stopped at {started}: {err}); \
-                 lower CONCURRENCY_PEAK or raise the host's thread limits \
-                 (ulimit -u, kernel.threads-max, the service's TasksMax)"
-            ),
+            key,
+            message: e.to_string(),
         }
-        .to_string(),
-        RunError::Io(err) => format!("{}: {err}", source.display()),
+        .to_string()
     })
+}
+
+/// Wires the threads: signals first (a signal that arrives before its handler is set
+/// would take its default action: SIGHUP and SIGUSR1 terminate), then the replay
+/// thread, the health checker and the admin listener, then the workers and the
+/// acceptor, which runs on this thread until a stop.
+fn start_threads(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    proxy: Arc<Proxy>,
+    replay: Replay,
+) -> Result<(), RunError> {
+    let thread = |name: &'static str| move |source| RunError::Thread { name, source };
+    let signal_listener = listener.try_clone().map_err(RunError::Listener)?;
+    signals::spawn(Arc::clone(&proxy), signal_listener).map_err(thread("signals"))?;
+    let pool = Arc::new(Pool::new(proxy.peak()));
+    // Recovered requests of a local queue hold slots; a shared queue's never do.
+    if proxy.queue.holds_slots() {
+        pool.hold_queued(proxy.queue.depth());
+    }
+    replay
+        .start(Arc::clone(&proxy), Arc::clone(&pool))
+        .map_err(thread("replay"))?;
+    health::start(Arc::clone(&proxy)).map_err(thread("health-check"))?;
+    if let Some(admin) = admin {
+        serviceq::admin::start(admin, Arc::clone(&proxy), Arc::clone(&pool))
+            .map_err(thread("admin"))?;
+    }
+    let shared = Arc::clone(&proxy);
+    server::run(listener, proxy, pool, move || {
+        Worker::new(Arc::clone(&shared))
+    })
+}
+
+/// SSL_AUTO_ENABLE: binds the HTTP-01 port and starts the certificate manager.
+fn start_acme(
+    cfg: &Config,
+    settings: Option<acme::Settings>,
+    tls: Option<&Arc<tls::ListenerTls>>,
+    https_port: u16,
+) -> Result<(), String> {
+    let (Some(settings), Some(tls)) = (settings, tls) else {
+        return Ok(());
+    };
+    let listener = acme::bind(cfg).map_err(|e| startup_error(cfg, "SSL_AUTO_HTTP_PORT", e))?;
+    acme::start(settings, listener, Arc::clone(tls), https_port).map_err(|e| e.to_string())
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String> {

@@ -82,6 +82,11 @@ pub struct Metrics {
     pub replayed_total: AtomicU64,
     pub dead_lettered_total: AtomicU64,
     pub access_log_dropped: AtomicU64,
+    /// Upgraded connections (`tunnel.rs`): started, open now, and bytes copied
+    /// [client → endpoint, endpoint → client].
+    pub tunnels_total: AtomicU64,
+    pub tunnels_active: AtomicU64,
+    pub tunnel_bytes: [AtomicU64; 2],
     pub upstream_latency: Histogram,
     pub total_latency: Histogram,
 }
@@ -95,6 +100,9 @@ pub static METRICS: Metrics = Metrics {
     replayed_total: AtomicU64::new(0),
     dead_lettered_total: AtomicU64::new(0),
     access_log_dropped: AtomicU64::new(0),
+    tunnels_total: AtomicU64::new(0),
+    tunnels_active: AtomicU64::new(0),
+    tunnel_bytes: [const { AtomicU64::new(0) }; 2],
     upstream_latency: Histogram::new(),
     total_latency: Histogram::new(),
 };
@@ -145,6 +153,16 @@ pub struct EndpointFigures {
     /// Failed attempts by log-code name.
     pub failures: [(&'static str, u64); 4],
     pub idle_connections: usize,
+    /// The active health checks' view, `None` while they are off.
+    pub check: Option<CheckFigures>,
+}
+
+/// One endpoint's health-check state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckFigures {
+    pub up: bool,
+    pub checks: u64,
+    pub failed: u64,
 }
 
 /// The queue's backend, and for a shared queue its depth on the engine, whether this
@@ -307,6 +325,33 @@ pub fn export(g: &Gauges, endpoints: &[EndpointFigures]) -> String {
     push_queue_backend(&mut out, g);
     push(
         &mut out,
+        "serviceq_tunnels_total",
+        "counter",
+        "Upgraded connections (101 Switching Protocols) tunnelled.",
+        &plain(Metrics::get(&m.tunnels_total) as f64),
+    );
+    push(
+        &mut out,
+        "serviceq_tunnels_active",
+        "gauge",
+        "Upgraded connections open now (each holds a worker).",
+        &plain(Metrics::get(&m.tunnels_active) as f64),
+    );
+    let directions = ["client_to_upstream", "upstream_to_client"];
+    let tunnel_bytes: Vec<(String, f64)> = directions
+        .iter()
+        .zip(&m.tunnel_bytes)
+        .map(|(d, c)| (format!("{{direction=\"{d}\"}}"), Metrics::get(c) as f64))
+        .collect();
+    push(
+        &mut out,
+        "serviceq_tunnel_bytes_total",
+        "counter",
+        "Bytes copied through finished tunnels, by direction.",
+        &tunnel_bytes,
+    );
+    push(
+        &mut out,
         "serviceq_uptime_seconds",
         "gauge",
         "Seconds since start.",
@@ -363,6 +408,8 @@ pub fn export(g: &Gauges, endpoints: &[EndpointFigures]) -> String {
         &idle,
     );
 
+    export_checks(&mut out, endpoints);
+
     m.upstream_latency.export(
         &mut out,
         "serviceq_upstream_duration_seconds",
@@ -374,6 +421,47 @@ pub fn export(g: &Gauges, endpoints: &[EndpointFigures]) -> String {
         "From the request head to the end of the response.",
     );
     out
+}
+
+/// The health-check families: samples only for endpoints that are checked.
+fn export_checks(out: &mut String, endpoints: &[EndpointFigures]) {
+    let checked = || {
+        endpoints.iter().filter_map(|e| {
+            e.check
+                .map(|c| (format!("{{endpoint=\"{}\"}}", e.label), c))
+        })
+    };
+    /// Name, type, help, and the sample's value.
+    type Family = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&CheckFigures) -> f64,
+    );
+    let families: [Family; 3] = [
+        (
+            "serviceq_upstream_check_up",
+            "gauge",
+            "1 while the health checks count the endpoint up, 0 once they marked it down.",
+            |c| f64::from(u8::from(c.up)),
+        ),
+        (
+            "serviceq_upstream_checks_total",
+            "counter",
+            "Health checks made on each endpoint.",
+            |c| c.checks as f64,
+        ),
+        (
+            "serviceq_upstream_check_failures_total",
+            "counter",
+            "Health checks that failed on each endpoint.",
+            |c| c.failed as f64,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let samples: Vec<(String, f64)> = checked().map(|(l, c)| (l, value(&c))).collect();
+        push(out, name, kind, help, &samples);
+    }
 }
 
 #[cfg(test)]
@@ -417,8 +505,20 @@ mod tests {
                 ("UPSTREAM_BAD_RESPONSE", 0),
             ],
             idle_connections: 1,
+            check: Some(CheckFigures {
+                up: false,
+                checks: 7,
+                failed: 3,
+            }),
         };
         let text = export(&g, &[e]);
+        for sample in [
+            "serviceq_upstream_check_up{endpoint=\"http://127.0.0.1:80\"} 0\n",
+            "serviceq_upstream_checks_total{endpoint=\"http://127.0.0.1:80\"} 7\n",
+            "serviceq_upstream_check_failures_total{endpoint=\"http://127.0.0.1:80\"} 3\n",
+        ] {
+            assert!(text.contains(sample), "{sample}");
+        }
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
             let family = name

@@ -1,15 +1,27 @@
 //! TLS set-up (SPEC §8), all checked at start-up so that a bad file is a one-line error
-//! rather than failing handshakes later: the listener's acceptor from PEM files, and the
-//! client used for `https://` endpoints.
+//! rather than failing handshakes later: the listener's acceptor from PEM files (the
+//! `openssl` crate: native-tls cannot offer ALPN or choose the cipher order), swapped
+//! by a reload or an ACME renewal, and the client used for `https://` endpoints
+//! (native-tls, with the system roots).
 
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::RwLock;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use native_tls::{Certificate, Identity, Protocol, TlsAcceptor, TlsConnector};
+use native_tls::{Certificate, Protocol, TlsConnector};
+use openssl::error::ErrorStack;
+use openssl::pkey::PKey;
+use openssl::ssl::{
+    self, AlpnError, HandshakeError, SslAcceptor, SslAcceptorBuilder, SslConnector, SslMethod,
+    SslStream, SslVerifyMode,
+};
+use openssl::x509::X509;
 
 use crate::config::{Config, Scheme};
+use crate::stream::Deadlined;
 
 /// A problem with a TLS key of the configuration: the key's name and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,12 +37,142 @@ fn fail(key: &'static str, message: impl Into<String>) -> TlsSetupError {
     }
 }
 
-/// The listener's acceptor when SSL_ENABLE=true: TLS 1.2 or later, the PEM chain and
-/// PEM private key of the configuration, proven to belong together.
-pub fn listener_acceptor(cfg: &Config) -> Result<Option<TlsAcceptor>, TlsSetupError> {
-    if !cfg.ssl_enable {
-        return Ok(None);
+/// The listener's TLS: the acceptor new handshakes use, swapped whole by a reload or a
+/// renewed certificate (connections already open keep the session they have).
+pub struct ListenerTls {
+    current: RwLock<Current>,
+}
+
+struct Current {
+    acceptor: SslAcceptor,
+    /// The PEM bytes the acceptor was built from, so that a reload of unchanged files
+    /// keeps the acceptor and its session-ticket keys (resumption survives a SIGHUP).
+    pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// What clients are served, or why handshakes fail, for `/status` and the log.
+    status: String,
+}
+
+impl ListenerTls {
+    /// The listener's TLS when SSL_ENABLE=true; with SSL_AUTO_ENABLE=true it starts
+    /// without a certificate (see `pending`) until ACME provides one.
+    pub fn from_config(cfg: &Config) -> Result<Option<ListenerTls>, TlsSetupError> {
+        if !cfg.ssl_enable {
+            return Ok(None);
+        }
+        if cfg.ssl_auto_enable {
+            let why = "no certificate yet: waiting for the first ACME certificate";
+            return ListenerTls::pending(why).map(Some);
+        }
+        let (chain, key) = read_pair(cfg)?;
+        let (acceptor, status) = build_checked(&chain, &key, cfg)?;
+        Ok(Some(ListenerTls::with(Current {
+            acceptor,
+            pem: Some((chain, key)),
+            status,
+        })))
     }
+
+    /// A listener with no certificate: every handshake ends with a TLS alert
+    /// (handshake_failure: no cipher can be used without a certificate), and
+    /// `status` says `why`.
+    pub fn pending(why: &str) -> Result<ListenerTls, TlsSetupError> {
+        let acceptor = base_builder()
+            .map_err(|e| fail("SSL_AUTO_ENABLE", format!("TLS set-up failed: {e}")))?
+            .build();
+        Ok(ListenerTls::with(Current {
+            acceptor,
+            pem: None,
+            status: why.to_string(),
+        }))
+    }
+
+    fn with(current: Current) -> ListenerTls {
+        ListenerTls {
+            current: RwLock::new(current),
+        }
+    }
+
+    /// The handshake, as a deadline for the whole of it: `limit` from now.
+    pub fn accept(&self, tcp: TcpStream, limit: Duration) -> Result<SslStream<Deadlined>, String> {
+        let acceptor = self.read().acceptor.clone();
+        let io = Deadlined {
+            tcp,
+            deadline: Some(Instant::now() + limit),
+        };
+        match acceptor.accept(io) {
+            Ok(mut tls) => {
+                tls.get_mut().deadline = None;
+                Ok(tls)
+            }
+            Err(HandshakeError::WouldBlock(_)) => Err("handshake timed out".into()),
+            Err(HandshakeError::Failure(mid)) => Err(mid.error().to_string()),
+            Err(HandshakeError::SetupFailure(e)) => Err(e.to_string()),
+        }
+    }
+
+    /// SIGHUP: re-reads SSL_CERTIFICATE_FILE and SSL_PRIVATE_KEY_FILE. A pair that does
+    /// not load or does not match is an error and the running one stays. Unchanged
+    /// files keep the running acceptor. Nothing to do with SSL_AUTO_ENABLE (ACME swaps its own).
+    pub fn reload(&self, cfg: &Config) -> Result<(), TlsSetupError> {
+        if !cfg.ssl_enable || cfg.ssl_auto_enable {
+            return Ok(());
+        }
+        let (chain, key) = read_pair(cfg)?;
+        if self.read().pem.as_ref() == Some(&(chain.clone(), key.clone())) {
+            return Ok(());
+        }
+        let (acceptor, status) = build_checked(&chain, &key, cfg)?;
+        log::info!("SIGHUP: listener certificate replaced for new connections: {status}");
+        self.set(acceptor, Some((chain, key)), status);
+        Ok(())
+    }
+
+    /// Installs a pair obtained at run time (ACME); on error the running one stays.
+    pub fn install(&self, chain: &[u8], key: &[u8]) -> Result<String, String> {
+        let acceptor = acceptor_from_pem(chain, key).map_err(|e| e.message)?;
+        prove_key_matches(&acceptor)?;
+        let status = describe_chain(chain);
+        self.set(
+            acceptor,
+            Some((chain.to_vec(), key.to_vec())),
+            status.clone(),
+        );
+        Ok(status)
+    }
+
+    /// Records why the listener still has no certificate (ACME), for `/status`.
+    pub fn set_pending_reason(&self, why: &str) {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if current.pem.is_none() {
+            current.status = why.to_string();
+        }
+    }
+
+    /// Whether a certificate is installed.
+    pub fn has_certificate(&self) -> bool {
+        self.read().pem.is_some()
+    }
+
+    /// What clients are served, or why handshakes fail.
+    pub fn status(&self) -> String {
+        self.read().status.clone()
+    }
+
+    fn set(&self, acceptor: SslAcceptor, pem: Option<(Vec<u8>, Vec<u8>)>, status: String) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Current {
+            acceptor,
+            pem,
+            status,
+        };
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Current> {
+        self.current.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The PEM chain and key the configuration names, read and sanity-checked.
+fn read_pair(cfg: &Config) -> Result<(Vec<u8>, Vec<u8>), TlsSetupError> {
     let (Some(cert_path), Some(key_path)) = (&cfg.ssl_certificate_file, &cfg.ssl_private_key_file)
     else {
         return Err(fail(
@@ -45,21 +187,36 @@ pub fn listener_acceptor(cfg: &Config) -> Result<Option<TlsAcceptor>, TlsSetupEr
     )?;
     let key = read_pem(key_path, "SSL_PRIVATE_KEY_FILE", b"-----BEGIN ")?;
     check_key_format(&key, key_path)?;
-    let identity = Identity::from_pkcs8(&chain, &key).map_err(|e| {
-        fail(
-            "SSL_CERTIFICATE_FILE",
-            format!("{} with {}: {e}", cert_path.display(), key_path.display()),
-        )
+    Ok((chain, key))
+}
+
+/// The acceptor for the configured pair, proven to work (see `prove_key_matches`),
+/// and its description for the log.
+fn build_checked(
+    chain: &[u8],
+    key: &[u8],
+    cfg: &Config,
+) -> Result<(SslAcceptor, String), TlsSetupError> {
+    let cert_path = cfg
+        .ssl_certificate_file
+        .as_deref()
+        .unwrap_or(Path::new("?"));
+    let key_path = cfg
+        .ssl_private_key_file
+        .as_deref()
+        .unwrap_or(Path::new("?"));
+    let acceptor = acceptor_from_pem(chain, key).map_err(|e| {
+        let message = match e.key {
+            "SSL_CERTIFICATE_FILE" => format!("{}: {}", cert_path.display(), e.message),
+            _ if e.message == MISMATCH => format!(
+                "{} does not belong to the certificate in {}",
+                key_path.display(),
+                cert_path.display()
+            ),
+            _ => format!("{}: {}", key_path.display(), e.message),
+        };
+        fail(e.key, message)
     })?;
-    let acceptor = TlsAcceptor::builder(identity)
-        .min_protocol_version(Some(Protocol::Tlsv12))
-        .build()
-        .map_err(|e| {
-            fail(
-                "SSL_CERTIFICATE_FILE",
-                format!("{}: {e}", cert_path.display()),
-            )
-        })?;
     prove_key_matches(&acceptor).map_err(|e| {
         fail(
             "SSL_PRIVATE_KEY_FILE",
@@ -70,7 +227,79 @@ pub fn listener_acceptor(cfg: &Config) -> Result<Option<TlsAcceptor>, TlsSetupEr
             ),
         )
     })?;
-    Ok(Some(acceptor))
+    Ok((acceptor, describe_chain(chain)))
+}
+
+/// Mozilla's "intermediate" server configuration (v5): TLS 1.3 and 1.2, for 1.2 the
+/// ECDHE AES-GCM suites first, then ChaCha20; ALPN answers `http/1.1` and ends the
+/// handshake with a no_application_protocol alert for a client that offers only other
+/// protocols (`h2`); session resumption by tickets and the server-side cache (both
+/// OpenSSL defaults) stays on.
+fn base_builder() -> Result<SslAcceptorBuilder, ErrorStack> {
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
+    b.set_alpn_select_callback(|_, offered| {
+        ssl::select_next_proto(ALPN_HTTP11, offered).ok_or(AlpnError::ALERT_FATAL)
+    });
+    b.set_session_id_context(b"serviceq")?;
+    // One read system call per incoming record instead of two (its 5-byte header,
+    // then the rest), as nginx reads. What is read ahead stays in OpenSSL's buffer and
+    // comes out of the next SSL_read; nothing else reads the client socket.
+    b.set_read_ahead(true);
+    Ok(b)
+}
+
+/// ALPN's wire form: a length-prefixed list.
+const ALPN_HTTP11: &[u8] = b"\x08http/1.1";
+
+/// An acceptor for a PEM chain (leaf first, then intermediates) and a PEM private key
+/// (PKCS#8, PKCS#1 RSA or SEC1 EC), with OpenSSL's own check that they belong together.
+/// Errors name the key of the file at fault.
+pub fn acceptor_from_pem(chain: &[u8], key: &[u8]) -> Result<SslAcceptor, TlsSetupError> {
+    const CERT: &str = "SSL_CERTIFICATE_FILE";
+    const KEY: &str = "SSL_PRIVATE_KEY_FILE";
+    let mut certs = X509::stack_from_pem(chain)
+        .map_err(|e| fail(CERT, format!("not a PEM certificate chain ({e})")))?
+        .into_iter();
+    let leaf = certs
+        .next()
+        .ok_or_else(|| fail(CERT, "no certificate in the file"))?;
+    // The callback refuses to ask for a passphrase (an encrypted key is an error, never
+    // a prompt on the terminal).
+    let key = PKey::private_key_from_pem_callback(key, |_| Ok(0))
+        .map_err(|e| fail(KEY, format!("cannot read the private key ({e})")))?;
+    let mut b = base_builder().map_err(|e| fail(CERT, e.to_string()))?;
+    b.set_certificate(&leaf)
+        .map_err(|e| fail(CERT, e.to_string()))?;
+    for cert in certs {
+        b.add_extra_chain_cert(cert)
+            .map_err(|e| fail(CERT, e.to_string()))?;
+    }
+    b.set_private_key(&key)
+        .map_err(|e| fail(KEY, e.to_string()))?;
+    b.check_private_key().map_err(|_| fail(KEY, MISMATCH))?;
+    Ok(b.build())
+}
+
+const MISMATCH: &str = "the private key does not belong to the certificate";
+
+/// `subject CN=…, valid until …` of a chain's first certificate.
+pub fn describe_chain(chain: &[u8]) -> String {
+    let Ok(cert) = X509::from_pem(chain) else {
+        return "unreadable certificate".into();
+    };
+    let subject: Vec<String> = cert
+        .subject_name()
+        .entries()
+        .map(|e| {
+            let name = e.object().nid().short_name().unwrap_or("?");
+            format!("{name}={}", String::from_utf8_lossy(e.data().as_slice()))
+        })
+        .collect();
+    format!(
+        "certificate {} valid until {}",
+        subject.join(","),
+        cert.not_after()
+    )
 }
 
 /// The TLS client for `https://` endpoints: system roots plus SSL_UPSTREAM_CA_FILE, TLS
@@ -118,27 +347,25 @@ fn read_pem(path: &Path, key: &'static str, marker: &[u8]) -> Result<Vec<u8>, Tl
     Ok(bytes)
 }
 
-/// native-tls takes unencrypted PKCS#8 keys only; say how to convert the others.
+/// Unencrypted PEM keys in PKCS#8, PKCS#1 (RSA) or SEC1 (EC) form are taken, as
+/// nginx takes them; an encrypted key or a file without a key is refused with a hint.
 fn check_key_format(key: &[u8], path: &Path) -> Result<(), TlsSetupError> {
-    let kind = if key.starts_with(b"-----BEGIN PRIVATE KEY-----") {
-        return Ok(());
-    } else if contains(key, b"BEGIN RSA PRIVATE KEY") {
-        "an RSA (PKCS#1) key"
-    } else if contains(key, b"BEGIN EC PRIVATE KEY") {
-        "an EC (SEC1) key"
-    } else if contains(key, b"BEGIN ENCRYPTED PRIVATE KEY") {
+    let kind = if contains(key, b"BEGIN ENCRYPTED PRIVATE KEY")
+        || contains(key, b"Proc-Type: 4,ENCRYPTED")
+    {
         "an encrypted key"
-    } else if contains(key, b"BEGIN PRIVATE KEY") {
-        "text before the key"
+    } else if contains(key, b"PRIVATE KEY-----") {
+        return Ok(());
     } else {
         "no private key"
     };
     Err(fail(
         "SSL_PRIVATE_KEY_FILE",
         format!(
-            "{} holds {kind}; ServiceQ needs an unencrypted PKCS#8 PEM key starting with \
-             \"-----BEGIN PRIVATE KEY-----\"; convert it with: \
-             openssl pkcs8 -topk8 -nocrypt -in {} -out key.pk8.pem",
+            "{} holds {kind}; ServiceQ needs an unencrypted PEM key \
+             (PKCS#8 \"BEGIN PRIVATE KEY\", PKCS#1 \"BEGIN RSA PRIVATE KEY\" or SEC1 \
+             \"BEGIN EC PRIVATE KEY\"); decrypt it with: \
+             openssl pkey -in {} -out key-plain.pem",
             path.display(),
             path.display()
         ),
@@ -149,9 +376,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// OpenSSL accepts a certificate and a key that do not belong together and only fails
-/// at handshake time, so start-up does one handshake with itself over a socket pair.
-fn prove_key_matches(acceptor: &TlsAcceptor) -> Result<(), String> {
+/// Beyond OpenSSL's key check, one handshake with itself over a socket pair proves at
+/// start (and on reload) that the pair can actually serve a client.
+fn prove_key_matches(acceptor: &SslAcceptor) -> Result<(), String> {
     let (server_end, client_end) = UnixStream::pair().map_err(|e| e.to_string())?;
     for end in [&server_end, &client_end] {
         end.set_read_timeout(Some(Duration::from_secs(5)))
@@ -164,15 +391,19 @@ fn prove_key_matches(acceptor: &TlsAcceptor) -> Result<(), String> {
             .map(drop)
             .map_err(|e| e.to_string())
     });
-    let connector = TlsConnector::builder()
-        .danger_accept_invalid_certs(true)
-        .danger_accept_invalid_hostnames(true)
-        .build()
-        .map_err(|e| e.to_string())?;
+    let mut connector =
+        SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
+    connector.set_verify(SslVerifyMode::NONE);
     let client = connector
-        .connect("serviceq.invalid", client_end)
-        .map(drop)
-        .map_err(|e| e.to_string());
+        .build()
+        .configure()
+        .map(|c| c.verify_hostname(false))
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            c.connect("serviceq.invalid", client_end)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
     let server = server
         .join()
         .map_err(|_| "handshake thread panicked".to_string())?;
@@ -205,13 +436,18 @@ mod tests {
     }
 
     #[test]
-    fn non_pkcs8_keys_get_a_conversion_hint() {
+    fn unencrypted_keys_pass_and_encrypted_ones_get_a_hint() {
         let path = Path::new("k.pem");
-        let e = check_key_format(b"-----BEGIN RSA PRIVATE KEY-----\n", path).unwrap_err();
+        for ok in ["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"] {
+            let pem = format!("-----BEGIN {ok}-----\n");
+            assert!(check_key_format(pem.as_bytes(), path).is_ok(), "{ok}");
+        }
+        let e = check_key_format(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\n", path).unwrap_err();
         assert_eq!(e.key, "SSL_PRIVATE_KEY_FILE");
-        assert!(e.message.contains("PKCS#1") && e.message.contains("openssl pkcs8 -topk8"));
-        let e = check_key_format(b"-----BEGIN EC PRIVATE KEY-----\n", path).unwrap_err();
-        assert!(e.message.contains("SEC1"));
-        assert!(check_key_format(b"-----BEGIN PRIVATE KEY-----\n", path).is_ok());
+        assert!(e.message.contains("an encrypted key") && e.message.contains("openssl pkey"));
+        let old = b"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n";
+        assert!(check_key_format(old, path).is_err());
+        let e = check_key_format(b"-----BEGIN CERTIFICATE-----\n", path).unwrap_err();
+        assert!(e.message.contains("no private key"));
     }
 }

@@ -49,6 +49,8 @@ pub struct Upstream {
     pub attempts: AtomicU64,
     /// Failed attempts by `LogCode` (in `FAILURE_CODES` order), for /metrics.
     pub failures: [AtomicU64; 4],
+    /// What the active health checks say of it (`health.rs`).
+    pub health: crate::checks::EndpointHealth,
 }
 
 /// The failure codes counted per endpoint, in the order of `Upstream::failures`.
@@ -69,6 +71,7 @@ impl Upstream {
             idle: Mutex::new(Vec::new()),
             attempts: AtomicU64::new(0),
             failures: [const { AtomicU64::new(0) }; 4],
+            health: crate::checks::EndpointHealth::default(),
         }
     }
 
@@ -172,6 +175,8 @@ pub struct OutgoingRequest<'a> {
     pub headers: &'a [u8],
     /// In memory, or partly in a temporary file, which is streamed after the rest.
     pub body: &'a Body,
+    /// It offers to switch protocols (`http::upgrade::offered_upgrade`): a 101 is its answer.
+    pub upgrade: bool,
 }
 
 /// A response head received on `conn`; its first body bytes are in the caller's buffer.
@@ -198,6 +203,7 @@ impl Upstreams {
                 Some(old) => {
                     let fresh = Upstream::new(e.clone());
                     fresh.errors.store(old.errors(), Ordering::Relaxed);
+                    fresh.health.copy_from(&old.health);
                     Arc::new(fresh)
                 }
                 None => Arc::new(Upstream::new(e.clone())),
@@ -219,6 +225,12 @@ impl Upstreams {
     pub fn error_counts(&self, into: &mut Vec<u32>) {
         into.clear();
         into.extend(self.list.iter().map(|u| u.errors()));
+    }
+
+    /// Which endpoints the health checks marked down, for `balancer`.
+    pub fn down_mask(&self, into: &mut Vec<bool>) {
+        into.clear();
+        into.extend(self.list.iter().map(|u| u.health.is_down()));
     }
 
     /// One attempt on endpoint `idx`: a kept-alive connection if there is one (the
@@ -274,8 +286,8 @@ impl Upstreams {
         .and_then(|()| req.body.write_file_part(&mut conn))
         .and_then(|()| conn.flush());
         match sent {
-            Ok(()) => read_response_head(&mut conn, buf, req.method, head)?,
-            Err(e) => read_early_response(&mut conn, buf, req.method, head, e)?,
+            Ok(()) => read_response_head(&mut conn, buf, req, head)?,
+            Err(e) => read_early_response(&mut conn, buf, req, head, e)?,
         }
         let head = std::mem::replace(head, ResponseHead::empty());
         Ok(Exchange { conn, head })
@@ -312,9 +324,18 @@ impl Upstreams {
     /// for `https://`. Every failure here is SPEC §7's 701 UPSTREAM_DOWN, except an
     /// expired connect timeout (702 UPSTREAM_TIMED_OUT).
     fn dial(&self, up: &Upstream) -> Result<Stream, AttemptError> {
-        let tcp = connect(&up.endpoint, self.timeout).map_err(AttemptError::from_connect)?;
+        self.dial_with(up, self.timeout)
+    }
+
+    /// `dial` with its own timeout (the health checks' HEALTH_CHECK_TIMEOUT).
+    pub fn dial_with(
+        &self,
+        up: &Upstream,
+        timeout: Option<Duration>,
+    ) -> Result<Stream, AttemptError> {
+        let tcp = connect(&up.endpoint, timeout).map_err(AttemptError::from_connect)?;
         tcp.set_nodelay(true).map_err(AttemptError::Connect)?;
-        crate::stream::set_timeouts(&tcp, self.timeout).map_err(AttemptError::Connect)?;
+        crate::stream::set_timeouts(&tcp, timeout).map_err(AttemptError::Connect)?;
         match (up.endpoint.scheme, &self.tls) {
             (Scheme::Http, _) => Ok(Stream::Plain(tcp)),
             (Scheme::Https, Some(tls)) => match tls.connect(&up.endpoint.host, tcp) {
@@ -379,16 +400,16 @@ fn is_quiet(conn: &mut Stream) -> bool {
         // A non-blocking read through TLS: OpenSSL consumes what is not application data
         // (TLS 1.3 session tickets, sent after the handshake) and reports WouldBlock;
         // application bytes or a close mean the connection is spent.
-        Stream::Tls(tls) => {
-            if tls.get_ref().set_nonblocking(true).is_err() {
+        tls => {
+            if tls.tcp().set_nonblocking(true).is_err() {
                 return false;
             }
             let mut probe = [0u8; 1];
             let quiet = matches!(
-                io::Read::read(tls.as_mut(), &mut probe),
+                io::Read::read(tls, &mut probe),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock
             );
-            tls.get_ref().set_nonblocking(false).is_ok() && quiet
+            tls.tcp().set_nonblocking(false).is_ok() && quiet
         }
     }
 }
@@ -413,15 +434,21 @@ fn connect(endpoint: &Endpoint, timeout: Option<Duration>) -> io::Result<TcpStre
 fn read_response_head(
     conn: &mut Stream,
     buf: &mut IoBuf,
-    method: &str,
+    req: &OutgoingRequest<'_>,
     head: &mut ResponseHead,
 ) -> Result<(), Failure> {
     let mut received_any = false;
     loop {
         if !buf.is_empty() {
-            match parse_response_into(buf.filled(), &RESPONSE_LIMITS, method, head) {
+            match parse_response_into(buf.filled(), &RESPONSE_LIMITS, req.method, head) {
                 Ok(Some(len)) => {
                     buf.consume(len);
+                    if head.status == 101 && crate::http::upgrade::accepts_switch(req.upgrade, head)
+                    {
+                        // The final answer to an upgrade: the bytes after it are the
+                        // new protocol's (`tunnel.rs`).
+                        return Ok(());
+                    }
                     if head.status == 101 {
                         return Err(AttemptError::BadResponse("unexpected 101").into());
                     }
@@ -461,14 +488,19 @@ fn read_response_head(
 fn read_early_response(
     conn: &mut Stream,
     buf: &mut IoBuf,
-    method: &str,
+    req: &OutgoingRequest<'_>,
     head: &mut ResponseHead,
     write_error: io::Error,
 ) -> Result<(), Failure> {
     if crate::error::is_timeout(&write_error) {
         return Err(Failure::Attempt(AttemptError::Timeout));
     }
-    match read_response_head(conn, buf, method, head) {
+    // A request cut short switches nothing: a 101 here is not relayed as one.
+    let cut_short = OutgoingRequest {
+        upgrade: false,
+        ..*req
+    };
+    match read_response_head(conn, buf, &cut_short, head) {
         Ok(()) => {
             head.keep_alive = false;
             Ok(())

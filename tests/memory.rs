@@ -181,7 +181,12 @@ fn post_head(path: &str, len: usize) -> String {
 /// Sends one POST with `body` on a fresh connection and returns the status code.
 fn post(addr: SocketAddr, path: &str, body: &[u8]) -> u16 {
     let mut c = Client::connect(addr);
-    c.set_read_timeout(Duration::from_secs(120));
+    // Generous: 256 uploads of 8 MiB share two cores with the rest of the suite.
+    c.set_read_timeout(Duration::from_secs(300));
+    c.conn
+        .stream
+        .set_write_timeout(Some(Duration::from_secs(300)))
+        .expect("write timeout");
     c.send(post_head(path, body.len()));
     for part in body.chunks(256 * 1024) {
         c.send(part);
@@ -249,7 +254,8 @@ fn concurrent_large_uploads_spill_to_files_and_arrive_intact() {
     let sq = Conf::new(&[up.url()])
         .set("CONCURRENCY_PEAK", "2048")
         .set("CLIENT_BODY_TEMP_DIR", temp.path().to_str().unwrap())
-        .set("OUTGOING_REQUEST_TIMEOUT", "60")
+        .set("CLIENT_BODY_TIMEOUT", "300")
+        .set("OUTGOING_REQUEST_TIMEOUT", "300")
         .set("MAX_RETRIES", "1")
         .start();
     let rss = RssPeak::watch(sq.pid());
@@ -294,6 +300,7 @@ fn journal_queue_keeps_bodies_on_disk_and_delivers_them_intact() {
         .set("ENABLE_DEFERRED_Q", "true")
         .set("DEFERRED_Q_DIR", qdir.path().to_str().unwrap())
         .set("DEFERRED_Q_FSYNC", "never")
+        .set("CLIENT_BODY_TIMEOUT", "300")
         .set("MAX_RETRIES", "1")
         .start();
     let rss = RssPeak::watch(sq.pid());

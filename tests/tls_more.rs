@@ -1,6 +1,7 @@
 //! More TLS (SPEC §8, README "TLS"): keep-alive over one TLS connection, failover away
 //! from an https endpoint whose certificate is not trusted, a plain-HTTP client on the
-//! TLS port, X-Forwarded-Proto, private key formats, and the TLS 1.2 minimum.
+//! TLS port, X-Forwarded-Proto, private key formats (PKCS#8, PKCS#1 and SEC1 taken,
+//! encrypted refused), and the TLS 1.2 minimum.
 //!
 //! Certificates come from the `openssl` CLI, TLS clients are `curl` and
 //! `openssl s_client`, the untrusted endpoint is `openssl s_server`; each test skips
@@ -207,55 +208,19 @@ fn key_with_cert(dir: &TempDir, args: &[&str], file: &str, pem: &str) -> (PathBu
     (cert, key)
 }
 
-/// The key is refused at start (with and without --check) by one error line that names
-/// SSL_PRIVATE_KEY_FILE and the conversion command; returns that command.
-fn expect_key_refused(cert: &Path, key: &Path, kind: &str) -> String {
-    let mut command = String::new();
-    expect_start_failure(&tls_listener_body(cert, key), kind, |last| {
-        assert!(last.contains("SSL_PRIVATE_KEY_FILE"), "{kind}: {last:?}");
-        let at = last
-            .find("openssl pkcs8 -topk8 -nocrypt")
-            .unwrap_or_else(|| panic!("{kind}: no conversion command in {last:?}"));
-        command = last[at..].trim().to_string();
-        assert!(
-            command.contains(&format!("-in {}", key.display())),
-            "{kind}: the command should convert this key: {command:?}"
-        );
-    });
-    command
-}
-
-/// Runs the conversion command from the error message in `dir`, then checks that
-/// ServiceQ serves HTTPS with the converted key.
-fn converted_key_works(command: &str, dir: &Path, cert: &Path) {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .current_dir(dir)
-        .output()
-        .expect("run the conversion command");
-    assert!(
-        out.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let converted = dir.join("key.pk8.pem");
-    assert!(
-        fs::read_to_string(&converted)
-            .unwrap_or_default()
-            .starts_with("-----BEGIN PRIVATE KEY-----"),
-        "{command:?} did not write a PKCS#8 key to {}",
-        converted.display()
-    );
+/// ServiceQ serves HTTPS with this pair (checked with --check first).
+fn key_works(cert: &Path, key: &Path, path: &str) {
+    let ran = run_check(&tls_listener_body(cert, key), &["--check"]);
+    assert_eq!(ran.code(), Some(0), "{}", ran.describe());
     let u = Upstream::start(Behaviour::Ok);
-    let sq = tls_conf(&u.url(), cert, &converted).start();
-    let out = curl(cert, &[], &[https_url(&sq, "/converted")]);
+    let sq = tls_conf(&u.url(), cert, key).start();
+    let out = curl(cert, &[], &[https_url(&sq, path)]);
     assert_curl_ok(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout), u.name());
 }
 
 #[test]
-fn sec1_ec_key_is_refused_with_the_conversion_command() {
+fn sec1_ec_key_works() {
     if !have_openssl_and_curl() {
         return;
     }
@@ -274,12 +239,11 @@ fn sec1_ec_key_is_refused_with_the_conversion_command() {
         "sec1.pem",
         "EC PRIVATE KEY",
     );
-    let command = expect_key_refused(&cert, &key, "a SEC1 EC key");
-    converted_key_works(&command, dir.path(), &cert);
+    key_works(&cert, &key, "/sec1");
 }
 
 #[test]
-fn pkcs1_rsa_key_is_refused_with_the_conversion_command() {
+fn pkcs1_rsa_key_works() {
     if !have_openssl_and_curl() {
         return;
     }
@@ -290,8 +254,7 @@ fn pkcs1_rsa_key_is_refused_with_the_conversion_command() {
         "rsa1.pem",
         "RSA PRIVATE KEY",
     );
-    let command = expect_key_refused(&cert, &key, "a PKCS#1 RSA key");
-    converted_key_works(&command, dir.path(), &cert);
+    key_works(&cert, &key, "/rsa1");
 }
 
 #[test]
@@ -314,13 +277,41 @@ fn pkcs8_ec_key_works() {
         "ec-pk8.pem",
         "PRIVATE KEY",
     );
-    let ran = run_check(&tls_listener_body(&cert, &key), &["--check"]);
-    assert_eq!(ran.code(), Some(0), "{}", ran.describe());
-    let u = Upstream::start(Behaviour::Ok);
-    let sq = tls_conf(&u.url(), &cert, &key).start();
-    let out = curl(&cert, &["-v"], &[https_url(&sq, "/ec")]);
-    assert_curl_ok(&out);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), u.name());
+    key_works(&cert, &key, "/ec");
+}
+
+#[test]
+fn encrypted_key_is_refused_with_the_decryption_command() {
+    if !have_openssl() {
+        return;
+    }
+    let dir = TempDir::new("tls");
+    let (cert, plain) = make_cert(dir.path(), "plain");
+    let key = dir.join("enc.pem");
+    let (p, k) = (plain.display().to_string(), key.display().to_string());
+    let args = [
+        "pkey",
+        "-in",
+        &p,
+        "-aes-128-cbc",
+        "-passout",
+        "pass:secret",
+        "-out",
+        &k,
+    ];
+    openssl(&args, dir.path());
+    expect_start_failure(
+        &tls_listener_body(&cert, &key),
+        "an encrypted key",
+        |last| {
+            assert!(last.contains("SSL_PRIVATE_KEY_FILE"), "{last:?}");
+            assert!(last.contains("holds an encrypted key"), "{last:?}");
+            assert!(
+                last.contains(&format!("openssl pkey -in {}", key.display())),
+                "{last:?}"
+            );
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -384,8 +375,7 @@ fn tls_1_1_client_is_refused() {
     let sq = tls_conf(&u.url(), &cert, &key).start();
     let (ok, text) = s_client(sq.port(), &["-tls1_1", "-cipher", OLD_TLS_CIPHERS]);
     assert!(!ok, "a TLS 1.1 handshake succeeded:\n{text}");
-    // Control: the same client with TLS 1.2 gets in (the README: the listener
-    // negotiates TLS 1.2; native-tls on OpenSSL does not offer TLS 1.3).
+    // Control: the same client with TLS 1.2 gets in.
     let (ok, text) = s_client(sq.port(), &["-tls1_2"]);
     assert!(ok, "TLS 1.2 handshake failed:\n{text}");
 }

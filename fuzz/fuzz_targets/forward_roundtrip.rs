@@ -109,12 +109,33 @@ fn check(client: &RequestHead, body_len: usize, id: &str, up: &RequestHead, raw:
             .iter()
             .any(|s| s.eq_ignore_ascii_case(&h.name))
     };
-    let got: Vec<&Header> = up.headers.iter().filter(own).collect();
+    // An upgrade keeps `Connection: upgrade` and its protocols (`tunnel.rs`), less h2c.
+    let upgrade = serviceq::tunnel::offered_upgrade(&client);
+    let switching = |h: &Header| {
+        upgrade.is_some()
+            && (h.name.eq_ignore_ascii_case("connection") || h.name.eq_ignore_ascii_case("upgrade"))
+    };
+    let got: Vec<&Header> = up
+        .headers
+        .iter()
+        .filter(own)
+        .filter(|h| !switching(h))
+        .collect();
     assert_eq!(got, sent, "end-to-end fields\n{shown}");
+    if let Some(protocols) = &upgrade {
+        let pair: Vec<(&str, &[u8])> = up
+            .headers
+            .iter()
+            .filter(|h| switching(h))
+            .map(|h| (h.name.as_str(), h.value.as_slice()))
+            .collect();
+        let want: [(&str, &[u8]); 2] = [("Connection", b"upgrade"), ("Upgrade", protocols)];
+        assert_eq!(pair, want, "upgrade fields\n{shown}");
+    }
 
     // Nothing hop-by-hop, nothing the client's Connection named (except ServiceQ's own
     // fields, which are new ones for the next hop).
-    for h in &up.headers {
+    for h in up.headers.iter().filter(|h| !switching(h)) {
         assert!(
             !HOP_BY_HOP.iter().any(|n| n.eq_ignore_ascii_case(&h.name)),
             "hop-by-hop {:?} crossed\n{shown}",

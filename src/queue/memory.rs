@@ -107,9 +107,9 @@ impl Backend for MemoryBackend {
     fn dead_letter(&self, d: &Delivery) {
         log::warn!(
             "{} {} (X-Request-Id {}) queued {:.1?}: dropped (DEFERRED_Q_MAX_AGE; no DEFERRED_Q_DIR for a dead-letter file)",
-            d.req.method,
+            crate::logging::escaped(&d.req.method),
             crate::logging::escaped(&d.req.target),
-            d.req.request_id,
+            crate::logging::escaped(&d.req.request_id),
             d.req.queued_at.elapsed()
         );
         self.ack(d);

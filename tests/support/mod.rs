@@ -34,7 +34,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_serviceq");
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// How long the proxy gets to print its `listening on` line.
-const STARTUP_DEADLINE: Duration = Duration::from_secs(10);
+const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 /// Default read/write timeout of the raw client.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Read-timeout slice of the mock upstream: how often an idle mock connection checks
@@ -525,23 +525,6 @@ pub fn send_signal(pid: u32, name: &str) {
         .status()
         .expect("run kill");
     assert!(st.success(), "kill -s {name} {pid} failed");
-}
-
-/// Starts the proxy with an admin listener on a free loopback port; waits until it
-/// answers.
-pub fn start_with_admin(conf: Conf) -> (ServiceQ, SocketAddr) {
-    let port = refusing_port();
-    let sq = conf
-        .set("ADMIN_ADDRESS", "127.0.0.1")
-        .set("ADMIN_PORT", &port.to_string())
-        .start();
-    let admin: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert!(
-        wait_until(Duration::from_secs(5), || TcpStream::connect(admin).is_ok()),
-        "admin listener not up; stderr:\n{}",
-        sq.stderr()
-    );
-    (sq, admin)
 }
 
 pub fn rss_kib(pid: u32) -> Option<u64> {
@@ -1113,6 +1096,36 @@ pub fn assert_sq_response(resp: &Response, status: u16, msg: &str, extra: &[(&st
             "header {name}; {ctx}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The admin listener
+// ---------------------------------------------------------------------------------------
+
+/// Starts the proxy with an admin listener on a free loopback port; waits until it
+/// answers.
+pub fn start_with_admin(conf: Conf) -> (ServiceQ, SocketAddr) {
+    let port = refusing_port();
+    let sq = conf
+        .set("ADMIN_ADDRESS", "127.0.0.1")
+        .set("ADMIN_PORT", &port.to_string())
+        .start();
+    let admin: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || TcpStream::connect(admin).is_ok()),
+        "admin listener not up; stderr:\n{}",
+        sq.stderr()
+    );
+    (sq, admin)
+}
+
+/// The value of one sample of /metrics, `name` or `name{labels}` as exported.
+pub fn metric_sample(admin: SocketAddr, sample: &str) -> Option<f64> {
+    let prefix = format!("{sample} ");
+    get(admin, "/metrics")
+        .body_str()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.parse().ok()))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::metrics::{self, CheckFigures, EndpointFigures, Gauges};
 use crate::proxy::Proxy;
+use crate::queue::redis::{LeaseState, RedisStatus};
 use crate::slots::Pool;
 use crate::upstream::FAILURE_CODES;
 
@@ -233,6 +234,8 @@ impl Admin {
             held_requests: self.pool.held(),
             queue_depth: self.proxy.queue.depth(),
             uptime: self.started.elapsed(),
+            queue_backend: self.proxy.queue.kind(),
+            shared: self.proxy.queue.shared_status(),
         }
     }
 
@@ -331,6 +334,7 @@ impl Admin {
             held = g.held_requests,
             queue = g.queue_depth,
             rows = rows,
+            queue_backend = queue_backend_line(g.queue_backend, g.shared.as_ref()),
             chart = queue_chart(&depths),
             tls = self.tls_line(),
         )
@@ -395,6 +399,28 @@ fn write_all_by(
         }
     }
     Ok(())
+}
+
+/// The queue's backend; for a shared one, its engine, depth, lease holder and last
+/// engine error (HTML-escaped).
+fn queue_backend_line(kind: &str, shared: Option<&RedisStatus>) -> String {
+    let Some(s) = shared else {
+        return format!("backend {kind}");
+    };
+    let lease = match (&s.lease, s.holding) {
+        (_, true) => "held by this instance".to_string(),
+        (Some(LeaseState::HeldBy { holder, .. }), false) => format!("held by {holder}"),
+        _ => "holder unknown".to_string(),
+    };
+    let depth = s.depth.map_or("?".to_string(), |d| d.to_string());
+    let error = s
+        .last_error
+        .as_deref()
+        .map_or(String::new(), |e| format!(" · last engine error: {e}"));
+    html_escape(&format!(
+        "backend {kind} {} · {depth} waiting (all instances) · lease {lease} · {} engine errors{error}",
+        s.target, s.engine_errors
+    ))
 }
 
 /// The queue depth over the last minutes as an inline SVG polyline.

@@ -47,6 +47,16 @@ pub enum FsyncPolicy {
     Never,
 }
 
+/// `DEFERRED_Q_BACKEND`: where queued requests wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueBackend {
+    Memory,
+    /// The journal in DEFERRED_Q_DIR.
+    Journal,
+    /// The shared queue at this URL (`redis://`, `rediss://`, `redis+sentinel://`, …).
+    Redis(String),
+}
+
 /// The whole configuration, validated. Every field has its SPEC §2 default.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -84,6 +94,18 @@ pub struct Config {
     pub deferred_q_fsync: FsyncPolicy,
     /// `None` = forever (`0`).
     pub deferred_q_max_age: Option<Duration>,
+    /// `DEFERRED_Q_BACKEND`; by default journal when DEFERRED_Q_DIR is set, else memory.
+    pub deferred_q_backend: QueueBackend,
+    /// `DEFERRED_Q_NAME`: instances with the same name share one Redis queue.
+    pub deferred_q_name: String,
+    /// `DEFERRED_Q_REDIS_REPLICAS`: replicas that must confirm a push (WAIT N).
+    pub deferred_q_redis_replicas: usize,
+    /// `DEFERRED_Q_REDIS_TIMEOUT`: bound of every Redis call.
+    pub deferred_q_redis_timeout: Duration,
+    /// `DEFERRED_Q_REDIS_LEASE`: the replay lease's TTL.
+    pub deferred_q_redis_lease: Duration,
+    /// `DEFERRED_Q_MAX_LEN`: the shared queue's cap, in requests.
+    pub deferred_q_max_len: usize,
     pub max_request_body: u64,
     /// Bytes of a request body kept in memory; the rest goes to an unlinked temporary
     /// file in `client_body_temp_dir` (nginx's client_body_buffer_size).
@@ -180,6 +202,12 @@ impl Config {
             deferred_q_dir: None,
             deferred_q_fsync: FsyncPolicy::Always,
             deferred_q_max_age: None,
+            deferred_q_backend: QueueBackend::Memory,
+            deferred_q_name: crate::queue::redis::DEFAULT_NAME.to_owned(),
+            deferred_q_redis_replicas: 0,
+            deferred_q_redis_timeout: crate::queue::redis::DEFAULT_TIMEOUT,
+            deferred_q_redis_lease: crate::queue::redis::DEFAULT_LEASE_TTL,
+            deferred_q_max_len: crate::queue::redis::DEFAULT_MAX_LEN,
             max_request_body: 10 * 1024 * 1024,
             client_body_buffer_size: 64 * 1024,
             client_body_temp_dir: std::env::temp_dir(),
@@ -257,6 +285,12 @@ const KEYS: &[&str] = &[
     "DEFERRED_Q_DIR",
     "DEFERRED_Q_FSYNC",
     "DEFERRED_Q_MAX_AGE",
+    "DEFERRED_Q_BACKEND",
+    "DEFERRED_Q_NAME",
+    "DEFERRED_Q_REDIS_REPLICAS",
+    "DEFERRED_Q_REDIS_TIMEOUT",
+    "DEFERRED_Q_REDIS_LEASE",
+    "DEFERRED_Q_MAX_LEN",
     "MAX_REQUEST_BODY",
     "CLIENT_BODY_BUFFER_SIZE",
     "CLIENT_BODY_TEMP_DIR",
@@ -655,7 +689,51 @@ impl Entries<'_> {
             parse_max_age,
         )?;
         let memory = &mut c.deferred_q_max_memory;
-        self.set(memory, "DEFERRED_Q_MAX_MEMORY", parse_bytes)
+        self.set(memory, "DEFERRED_Q_MAX_MEMORY", parse_bytes)?;
+        self.read_shared_queue(c)
+    }
+
+    /// DEFERRED_Q_BACKEND and the shared queue's keys. An explicit backend must agree
+    /// with DEFERRED_Q_DIR: the journal needs it, and the others keep no journal.
+    fn read_shared_queue(&self, c: &mut Config) -> Result<(), ConfigError> {
+        c.deferred_q_backend = if c.deferred_q_dir.is_some() {
+            QueueBackend::Journal
+        } else {
+            QueueBackend::Memory
+        };
+        self.set(
+            &mut c.deferred_q_backend,
+            "DEFERRED_Q_BACKEND",
+            parse_backend,
+        )?;
+        match (&c.deferred_q_backend, &c.deferred_q_dir) {
+            (QueueBackend::Journal, None) => {
+                return Err(self.error(
+                    "DEFERRED_Q_BACKEND",
+                    "journal needs DEFERRED_Q_DIR (the journal's directory)",
+                ))
+            }
+            (QueueBackend::Memory | QueueBackend::Redis(_), Some(_)) => {
+                return Err(self.error(
+                    "DEFERRED_Q_DIR",
+                    "set, but DEFERRED_Q_BACKEND is not journal: remove one of them",
+                ))
+            }
+            _ => {}
+        }
+        self.set(&mut c.deferred_q_name, "DEFERRED_Q_NAME", parse_queue_name)?;
+        self.set(
+            &mut c.deferred_q_redis_replicas,
+            "DEFERRED_Q_REDIS_REPLICAS",
+            |v| parse_usize_in(v, (0, 64)),
+        )?;
+        let timeout = &mut c.deferred_q_redis_timeout;
+        self.set(timeout, "DEFERRED_Q_REDIS_TIMEOUT", parse_seconds_positive)?;
+        let lease = &mut c.deferred_q_redis_lease;
+        self.set(lease, "DEFERRED_Q_REDIS_LEASE", parse_lease)?;
+        self.set(&mut c.deferred_q_max_len, "DEFERRED_Q_MAX_LEN", |v| {
+            parse_usize_in(v, (1, 100_000_000))
+        })
     }
 
     fn read_headers(&self, c: &mut Config) -> Result<(), ConfigError> {
@@ -1097,6 +1175,43 @@ fn parse_keep_alive_timeout(value: &str) -> Result<Option<Duration>, String> {
     }
     let what = "seconds (e.g. 120 or 0.5), 0 to disable keep-alive, or -1 for no limit";
     parse_seconds(value, what).map(Some)
+}
+
+fn parse_backend(value: &str) -> Result<QueueBackend, String> {
+    match value {
+        "memory" => Ok(QueueBackend::Memory),
+        "journal" => Ok(QueueBackend::Journal),
+        url if url.contains("://") => {
+            crate::queue::redis::check_url(url).map(|()| QueueBackend::Redis(url.to_owned()))
+        }
+        _ => Err(expected(
+            "memory, journal, redis://…, rediss://… or redis+sentinel://…",
+            value,
+        )),
+    }
+}
+
+fn parse_queue_name(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.len() <= 200
+        && !value.contains(|c: char| c == '{' || c == '}' || c.is_whitespace());
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(expected(
+            "a name of 1 to 200 characters without spaces, { or }",
+            value,
+        ))
+    }
+}
+
+fn parse_lease(value: &str) -> Result<Duration, String> {
+    const WHAT: &str = "seconds, at least 0.1, e.g. 5";
+    let seconds = parse_seconds(value, WHAT)?;
+    if seconds < Duration::from_millis(100) {
+        return Err(expected(WHAT, value));
+    }
+    Ok(seconds)
 }
 
 fn parse_max_age(value: &str) -> Result<Option<Duration>, String> {
@@ -2210,6 +2325,69 @@ mod tests {
             config.error_log_file,
             PathBuf::from("logs/serviceq_error.log")
         );
+    }
+
+    /// DEFERRED_Q_BACKEND defaults from DEFERRED_Q_DIR, takes the shared queue's URL,
+    /// and must agree with DEFERRED_Q_DIR when both are given.
+    #[test]
+    fn queue_backend_and_shared_queue_keys() {
+        assert_eq!(config_with("").deferred_q_backend, QueueBackend::Memory);
+        let journal = config_with("DEFERRED_Q_DIR=q");
+        assert_eq!(journal.deferred_q_backend, QueueBackend::Journal);
+        let url = "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/sq";
+        let shared = config_with(&format!(
+            "DEFERRED_Q_BACKEND={url}\nDEFERRED_Q_NAME=orders\nDEFERRED_Q_REDIS_REPLICAS=1\n\
+             DEFERRED_Q_REDIS_TIMEOUT=0.5\nDEFERRED_Q_REDIS_LEASE=3\nDEFERRED_Q_MAX_LEN=10"
+        ));
+        assert_eq!(shared.deferred_q_backend, QueueBackend::Redis(url.into()));
+        assert_eq!(
+            (
+                shared.deferred_q_name.as_str(),
+                shared.deferred_q_redis_replicas,
+                shared.deferred_q_redis_timeout,
+                shared.deferred_q_redis_lease,
+                shared.deferred_q_max_len
+            ),
+            ("orders", 1, secs(0.5), secs(3.0), 10)
+        );
+        for (extra, key, says) in [
+            (
+                "DEFERRED_Q_BACKEND=journal",
+                "DEFERRED_Q_BACKEND",
+                "needs DEFERRED_Q_DIR",
+            ),
+            (
+                "DEFERRED_Q_BACKEND=memory\nDEFERRED_Q_DIR=q",
+                "DEFERRED_Q_DIR",
+                "not journal",
+            ),
+            (
+                "DEFERRED_Q_BACKEND=kafka",
+                "DEFERRED_Q_BACKEND",
+                "expected memory",
+            ),
+            (
+                "DEFERRED_Q_BACKEND=redis://u:secret@h:port",
+                "DEFERRED_Q_BACKEND",
+                "u:***@h",
+            ),
+            ("DEFERRED_Q_NAME=a{b}", "DEFERRED_Q_NAME", "without spaces"),
+            (
+                "DEFERRED_Q_REDIS_LEASE=0.05",
+                "DEFERRED_Q_REDIS_LEASE",
+                "at least 0.1",
+            ),
+            (
+                "DEFERRED_Q_REDIS_TIMEOUT=0",
+                "DEFERRED_Q_REDIS_TIMEOUT",
+                "greater than 0",
+            ),
+            ("DEFERRED_Q_MAX_LEN=0", "DEFERRED_Q_MAX_LEN", "from 1"),
+        ] {
+            let e = parse_err(&format!("{BASE}{extra}\n")).to_string();
+            assert!(e.contains(key) && e.contains(says), "{extra}: {e}");
+            assert!(!e.contains("secret"), "{e}");
+        }
     }
 
     /// The example is the documentation: every key appears, set or commented out.

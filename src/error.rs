@@ -220,6 +220,15 @@ pub enum LogCode {
     UpstreamTimedOut,
     UpstreamNoResponse,
     UpstreamBadResponse,
+    /// The shared queue's engine could not confirm a push (SPEC §7 addition, 801).
+    QueueEngineUnavailable,
+    QueueEngineTimedOut,
+    QueueEngineRejected,
+    QueueEngineUnreplicated,
+    QueueEngineBadReply,
+    QueueEngineMisconfigured,
+    /// The shared queue is at DEFERRED_Q_MAX_LEN (802).
+    QueueFull,
 }
 
 impl LogCode {
@@ -230,6 +239,13 @@ impl LogCode {
             LogCode::UpstreamTimedOut
             | LogCode::UpstreamNoResponse
             | LogCode::UpstreamBadResponse => 702,
+            LogCode::QueueEngineUnavailable
+            | LogCode::QueueEngineTimedOut
+            | LogCode::QueueEngineRejected
+            | LogCode::QueueEngineUnreplicated
+            | LogCode::QueueEngineBadReply
+            | LogCode::QueueEngineMisconfigured => 801,
+            LogCode::QueueFull => 802,
         }
     }
 
@@ -240,6 +256,13 @@ impl LogCode {
             LogCode::UpstreamTimedOut => "UPSTREAM_TIMED_OUT",
             LogCode::UpstreamNoResponse => "UPSTREAM_NO_RESPONSE",
             LogCode::UpstreamBadResponse => "UPSTREAM_BAD_RESPONSE",
+            LogCode::QueueEngineUnavailable => "QUEUE_ENGINE_UNAVAILABLE",
+            LogCode::QueueEngineTimedOut => "QUEUE_ENGINE_TIMED_OUT",
+            LogCode::QueueEngineRejected => "QUEUE_ENGINE_REJECTED",
+            LogCode::QueueEngineUnreplicated => "QUEUE_ENGINE_UNREPLICATED",
+            LogCode::QueueEngineBadReply => "QUEUE_ENGINE_BAD_REPLY",
+            LogCode::QueueEngineMisconfigured => "QUEUE_ENGINE_MISCONFIGURED",
+            LogCode::QueueFull => "QUEUE_FULL",
         }
     }
 }

@@ -87,6 +87,8 @@ pub struct Durable {
     pub journal: Option<Arc<Journal>>,
     /// The requests it still held, in order (their payloads stay on disk).
     pub recovered: Vec<Pending>,
+    /// The shared queue, when DEFERRED_Q_BACKEND names a Redis URL.
+    pub shared: Option<crate::queue::redis::RedisBackend>,
 }
 
 /// The log files, opened at start-up.
@@ -113,6 +115,7 @@ impl Proxy {
         let (queue, replay) = queue::channel(
             durable.journal,
             durable.recovered,
+            durable.shared,
             cfg.deferred_q_max_memory,
             cfg.deferred_q_max_age,
         );

@@ -14,6 +14,9 @@
 //!   it was not. Only where each record is stays in memory; the body is read back from
 //!   the journal when the request is delivered.
 //!
+//! * [`redis`] — one FIFO shared by every instance with the same `DEFERRED_Q_NAME`,
+//!   on Redis Streams; one instance at a time (the lease holder) replays it.
+//!
 //! A request in a local queue keeps the `CONCURRENCY_PEAK` slot its client took until
 //! it is delivered, so the queue is bounded by the peak. Delivery is at least once.
 
@@ -27,6 +30,7 @@ use crate::journal::{Journal, Payload, Pending};
 
 pub mod durable;
 pub mod memory;
+pub mod redis;
 pub mod replay;
 
 pub use replay::{Replay, ReplayContext, REPLAY_PAUSE_MAX, REPLAY_PAUSE_MIN};
@@ -156,6 +160,22 @@ pub enum PushError {
     Journal(io::Error),
     /// The replay thread is gone (a stop began).
     Closed,
+    /// The shared queue's engine could not confirm the push, or the shared queue is at
+    /// its cap; `target` is the backend URL, password hidden, for the error log.
+    Engine {
+        target: String,
+        error: redis::RedisQueueError,
+    },
+}
+
+impl PushError {
+    /// The error-log line this failure gets, if any: (the "endpoint", the code).
+    pub fn log_entry(&self) -> Option<(&str, crate::error::LogCode)> {
+        match self {
+            PushError::Engine { target, error } => Some((target, error.log_code())),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for PushError {
@@ -167,6 +187,7 @@ impl std::fmt::Display for PushError {
             ),
             PushError::Journal(e) => write!(f, "journal: {e}"),
             PushError::Closed => f.write_str("the queue is closed"),
+            PushError::Engine { target, error } => write!(f, "{target}: {error}"),
         }
     }
 }
@@ -203,6 +224,23 @@ pub trait Backend: Send + Sync {
     fn sync(&self) {}
     /// Wakes a replay loop waiting in [`head`](Backend::head) (at shutdown).
     fn close(&self);
+    /// Whether a queued request keeps its client's CONCURRENCY_PEAK slot until it is
+    /// delivered. Not in a shared queue: another instance may deliver it, and the cap
+    /// is the queue's own (DEFERRED_Q_MAX_LEN).
+    fn holds_slots(&self) -> bool {
+        true
+    }
+    /// Whether `d` may still be delivered: false once the backend knows another
+    /// consumer may have it (a shared queue's lease expired). The replay loop checks
+    /// it before every try and then drops the head without acknowledging it.
+    fn is_current(&self, _d: &Delivery) -> bool {
+        true
+    }
+    /// The shared queue's state (engine, depth, lease holder, errors), for /metrics,
+    /// /status and `--check`; None for a local queue.
+    fn shared_status(&self) -> Option<redis::RedisStatus> {
+        None
+    }
 }
 
 /// The producer side, held by the workers.
@@ -210,17 +248,20 @@ pub struct Queue {
     backend: Arc<dyn Backend>,
 }
 
-/// The queue for a configuration: the journal when there is one (with what it still
-/// held at start-up), else memory bounded by `max_memory` bytes of bodies.
+/// The queue for a configuration: the shared Redis queue when there is one, the
+/// journal when there is one (with what it still held at start-up), else memory
+/// bounded by `max_memory` bytes of bodies.
 pub fn channel(
     journal: Option<Arc<Journal>>,
     recovered: Vec<Pending>,
+    shared: Option<redis::RedisBackend>,
     max_memory: u64,
     max_age: Option<Duration>,
 ) -> (Queue, Replay) {
-    let backend: Arc<dyn Backend> = match journal {
-        Some(journal) => Arc::new(durable::JournalBackend::new(journal, recovered)),
-        None => Arc::new(memory::MemoryBackend::new(max_memory)),
+    let backend: Arc<dyn Backend> = match (shared, journal) {
+        (Some(shared), _) => Arc::new(shared),
+        (None, Some(journal)) => Arc::new(durable::JournalBackend::new(journal, recovered)),
+        (None, None) => Arc::new(memory::MemoryBackend::new(max_memory)),
     };
     let replay = Replay::new(Arc::clone(&backend), max_age);
     (Queue { backend }, replay)
@@ -238,9 +279,19 @@ impl Queue {
         self.backend.is_durable()
     }
 
-    /// `memory` or `journal`.
+    /// `memory`, `journal` or `redis`.
     pub fn kind(&self) -> &'static str {
         self.backend.kind()
+    }
+
+    /// Whether a queued request keeps its client's CONCURRENCY_PEAK slot.
+    pub fn holds_slots(&self) -> bool {
+        self.backend.holds_slots()
+    }
+
+    /// The shared queue's state, when the queue is shared.
+    pub fn shared_status(&self) -> Option<redis::RedisStatus> {
+        self.backend.shared_status()
     }
 
     /// Writes out the journal (at shutdown).

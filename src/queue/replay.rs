@@ -38,6 +38,16 @@ pub trait ReplayContext: Send + Sync + 'static {
     fn wakeup(&self) -> &Wakeup;
 }
 
+/// How a head left the replay loop's hands.
+enum Done {
+    /// Acknowledged or dead-lettered.
+    Removed,
+    /// A stop began; the head stays queued.
+    Stopped,
+    /// No longer ours (lease lost); the head stays queued for its new consumer.
+    Lost,
+}
+
 /// The consumer side, handed to the replay thread.
 pub struct Replay {
     backend: Arc<dyn Backend>,
@@ -67,29 +77,46 @@ impl Replay {
             let Some(head) = self.backend.head(IDLE_WAIT) else {
                 continue;
             };
-            if self.expired(&head) {
+            let done = if self.expired(&head) {
                 inc(&METRICS.dead_lettered_total);
                 self.backend.dead_letter(&head);
-            } else if !self.deliver_head(proxy, &head, &mut buf, &mut scratch) {
-                return;
+                Done::Removed
+            } else {
+                self.deliver_head(proxy, &head, &mut buf, &mut scratch)
+            };
+            match done {
+                Done::Stopped => return,
+                Done::Lost => continue,
+                // The request held its client's CONCURRENCY_PEAK slot until now.
+                Done::Removed if self.backend.holds_slots() => pool.release_hold(),
+                Done::Removed => {}
             }
-            // The request held its client's CONCURRENCY_PEAK slot until now.
-            pool.release_hold();
         }
     }
 
-    /// Tries the head until an endpoint answers; false if a stop began first (the
-    /// head stays queued).
+    /// Tries the head until an endpoint answers, or a stop begins, or the head is no
+    /// longer ours to deliver (the head stays queued in both cases).
     fn deliver_head(
         &self,
         proxy: &dyn ReplayContext,
         head: &Delivery,
         buf: &mut IoBuf,
         scratch: &mut Scratch,
-    ) -> bool {
+    ) -> Done {
         let req = &head.req;
         let mut pause = REPLAY_PAUSE_MIN;
         loop {
+            // Checked right before each try: a replayer paused past its lease (SIGSTOP)
+            // must not send what another instance now delivers.
+            if !self.backend.is_current(head) {
+                log::warn!(
+                    "replay of {} {} (X-Request-Id {}) given up: the queue's lease was lost",
+                    req.method,
+                    escaped(&req.target),
+                    req.request_id
+                );
+                return Done::Lost;
+            }
             match deliver(proxy, head, buf, scratch) {
                 Ok((status, endpoint)) => {
                     inc(&METRICS.replayed_total);
@@ -102,7 +129,7 @@ impl Replay {
                         req.queued_at.elapsed(),
                         self.backend.depth()
                     );
-                    return true;
+                    return Done::Removed;
                 }
                 Err(e) => {
                     log::warn!(
@@ -111,7 +138,7 @@ impl Replay {
                         escaped(&req.target)
                     );
                     if proxy.stopping() {
-                        return false;
+                        return Done::Stopped;
                     }
                     // A health check seeing an endpoint back ends the pause at once.
                     pause = match proxy.wakeup().sleep(pause) {
@@ -121,7 +148,7 @@ impl Replay {
                     if self.expired(head) {
                         inc(&METRICS.dead_lettered_total);
                         self.backend.dead_letter(head);
-                        return true;
+                        return Done::Removed;
                     }
                 }
             }

@@ -11,6 +11,7 @@
 pub mod accesslog;
 pub mod acme;
 pub mod admin;
+pub mod admin_queue;
 pub mod balancer;
 pub mod body;
 pub mod buffer;
@@ -27,6 +28,7 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod queue;
+pub mod queue_cli;
 pub mod relay;
 pub mod server;
 pub mod signals;

@@ -2,13 +2,20 @@
 //! [`Journal`]. Memory holds only the order of the queue — each entry's sequence number
 //! and append time — so 2,000 queued 1 MiB requests cost kilobytes, not 2 GiB; the
 //! head's payload is read back from its segment when it is delivered.
+//!
+//! Operating the queue ([`super::ops`]): a listing reads each record's method, target,
+//! id and body length in a few small reads (never the body); a drop is an ACK fsynced
+//! before it returns; a retried dead letter is appended again (new seq, its age from
+//! now) and then acknowledged in the dead-letter file. The head's delivery tries are
+//! counted in memory only: they start from 0 again after a restart.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use super::{Backend, Delivery, PushError, QueuedRequest};
-use crate::journal::{Journal, Pending};
+use super::ops::{DeadInfo, Listed, OpsError, Removed, Select, Shown};
+use super::{Backend, Delivery, PushError, QueuedRequest, Summary};
+use crate::journal::{DeadLetter, Journal, Pending};
 use crate::logging::escaped;
 
 struct State {
@@ -16,6 +23,8 @@ struct State {
     order: VecDeque<Pending>,
     /// The head, read back and decoded once for all its delivery tries.
     head: Option<(u64, Arc<QueuedRequest>)>,
+    /// The head's seq and its delivery tries so far.
+    tries: Option<(u64, u32)>,
     closed: bool,
 }
 
@@ -33,6 +42,7 @@ impl JournalBackend {
             state: Mutex::new(State {
                 order: recovered.into(),
                 head: None,
+                tries: None,
                 closed: false,
             }),
             ready: Condvar::new(),
@@ -118,6 +128,9 @@ impl Backend for JournalBackend {
             match self.load(first) {
                 Some(req) => {
                     st = self.lock();
+                    if st.order.front().is_none_or(|p| p.seq != first.seq) {
+                        continue; // dropped by an operator meanwhile
+                    }
                     st.head = Some((first.seq, Arc::clone(&req)));
                     return Some(Delivery { req, id: first.seq });
                 }
@@ -138,8 +151,12 @@ impl Backend for JournalBackend {
     }
 
     fn dead_letter(&self, d: &Delivery) {
+        self.dead_letter_because(d, "max age (DEFERRED_Q_MAX_AGE)")
+    }
+
+    fn dead_letter_because(&self, d: &Delivery, reason: &str) {
         let waited = d.req.queued_at.elapsed();
-        match self.journal.dead_letter(d.id) {
+        match self.journal.dead_letter_because(d.id, reason) {
             Ok(()) => log::warn!(
                 "{} {} (X-Request-Id {}) queued {waited:.1?}: moved to the dead-letter file",
                 d.req.method,
@@ -172,6 +189,200 @@ impl Backend for JournalBackend {
     fn close(&self) {
         self.lock().closed = true;
         self.ready.notify_all();
+    }
+
+    fn attempt(&self, d: &Delivery) -> bool {
+        let mut st = self.lock();
+        if st.order.front().is_none_or(|p| p.seq != d.id) {
+            return false;
+        }
+        match &mut st.tries {
+            Some((seq, n)) if *seq == d.id => *n += 1,
+            other => *other = Some((d.id, 1)),
+        }
+        true
+    }
+
+    fn list(&self, limit: usize) -> Result<Vec<Listed>, OpsError> {
+        let rows = self.summaries(limit)?;
+        Ok(rows.into_iter().map(|(_, l)| l).collect())
+    }
+
+    fn list_dead(&self, limit: usize) -> Result<Vec<Listed>, OpsError> {
+        let rows = self.dead_rows()?;
+        Ok(rows.into_iter().take(limit).map(|(_, l, _)| l).collect())
+    }
+
+    fn show(&self, id: &str) -> Result<Shown, OpsError> {
+        let queued = self.summaries(usize::MAX)?;
+        let queued: Vec<_> = queued
+            .into_iter()
+            .filter(|(_, l)| l.request_id == id)
+            .collect();
+        let dead: Vec<_> = self
+            .dead_rows()?
+            .into_iter()
+            .filter(|(_, l, _)| l.request_id == id)
+            .collect();
+        let sharing = queued.len() + dead.len();
+        let (entry, req) = match (queued.into_iter().next(), dead.into_iter().next()) {
+            (Some((seq, entry)), _) => {
+                let payload = self.journal.read(seq)?;
+                (entry, decode(&payload, SystemTime::now())?)
+            }
+            (None, Some((_, entry, req))) => (entry, req),
+            (None, None) => return Err(OpsError::NotFound(id.to_string())),
+        };
+        Ok(Shown {
+            entry,
+            request_line: req.request_line,
+            headers: req.headers,
+            body: req.body.to_vec()?,
+            sharing,
+        })
+    }
+
+    fn retry_dead(&self, which: &Select) -> Result<usize, OpsError> {
+        let (dead, _) = self.journal.dead_letters()?;
+        let chosen: Vec<DeadLetter> = dead
+            .into_iter()
+            .filter(|d| which.matches(&dead_id(d)))
+            .collect();
+        let mut seqs = Vec::with_capacity(chosen.len());
+        for d in &chosen {
+            self.push_payload(&d.payload)?;
+            seqs.push(d.seq);
+        }
+        if !seqs.is_empty() {
+            self.journal.remove_dead(&seqs)?;
+        }
+        Ok(seqs.len())
+    }
+
+    fn remove(&self, ids: &[String]) -> Result<Removed, OpsError> {
+        let queued = self.summaries(usize::MAX)?;
+        let seqs = queued.iter().filter(|(_, l)| ids.contains(&l.request_id));
+        let mut out = Removed::default();
+        for &(seq, _) in seqs {
+            let in_delivery = {
+                let mut st = self.lock();
+                st.order.retain(|p| p.seq != seq);
+                st.head.take_if(|(s, _)| *s == seq).is_some()
+            };
+            self.journal.drop_queued(seq)?;
+            out.queued += 1;
+            out.holds_freed += usize::from(!in_delivery);
+        }
+        let dead: Vec<u64> = self
+            .dead_rows()?
+            .iter()
+            .filter(|(_, l, _)| ids.contains(&l.request_id))
+            .map(|(seq, _, _)| *seq)
+            .collect();
+        if !dead.is_empty() {
+            self.journal.remove_dead(&dead)?;
+        }
+        out.dead = dead.len();
+        Ok(out)
+    }
+
+    fn purge_dead(&self) -> Result<usize, OpsError> {
+        Ok(self.journal.purge_dead()?)
+    }
+}
+
+fn decode(payload: &[u8], at: SystemTime) -> Result<QueuedRequest, OpsError> {
+    QueuedRequest::decode(payload, at)
+        .map_err(|why| OpsError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, why)))
+}
+
+/// A dead letter's X-Request-Id ("" if its payload does not decode).
+fn dead_id(d: &DeadLetter) -> String {
+    QueuedRequest::decode(&d.payload, d.appended_at)
+        .map_or_else(|_| String::new(), |r| r.request_id)
+}
+
+fn age(since: SystemTime) -> Duration {
+    SystemTime::now().duration_since(since).unwrap_or_default()
+}
+
+impl JournalBackend {
+    /// The first `limit` queued records with their listing lines (records delivered
+    /// while this reads are left out).
+    fn summaries(&self, limit: usize) -> Result<Vec<(u64, Listed)>, OpsError> {
+        let (order, tries): (Vec<Pending>, _) = {
+            let st = self.lock();
+            (st.order.iter().take(limit).copied().collect(), st.tries)
+        };
+        let mut out = Vec::with_capacity(order.len());
+        for (i, p) in order.iter().enumerate() {
+            let mut read = |from: u64, len: usize| self.journal.read_part(p.seq, from, len);
+            let s: Summary = match QueuedRequest::summarize(&mut read) {
+                Ok(s) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let attempts = tries.filter(|(seq, _)| *seq == p.seq).map_or(0, |(_, n)| n);
+            out.push((
+                p.seq,
+                Listed {
+                    position: i + 1,
+                    request_id: s.request_id,
+                    method: s.method,
+                    target: s.target,
+                    body_bytes: s.body_bytes,
+                    age: age(p.appended_at),
+                    attempts,
+                    dead: None,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The dead-letter file's requests, decoded (undecodable ones are left out, with a
+    /// warning).
+    fn dead_rows(&self) -> Result<Vec<(u64, Listed, QueuedRequest)>, OpsError> {
+        let (dead, warnings) = self.journal.dead_letters()?;
+        for w in warnings {
+            log::warn!("queue journal: {w}");
+        }
+        let mut out = Vec::with_capacity(dead.len());
+        for (i, d) in dead.into_iter().enumerate() {
+            let req = match QueuedRequest::decode(&d.payload, d.appended_at) {
+                Ok(req) => req,
+                Err(why) => {
+                    log::warn!("dead letter {} does not decode: {why}", d.seq);
+                    continue;
+                }
+            };
+            let entry = Listed {
+                position: i + 1,
+                request_id: req.request_id.clone(),
+                method: req.method.clone(),
+                target: req.target.clone(),
+                body_bytes: req.body.len(),
+                age: age(d.appended_at),
+                attempts: 0,
+                dead: Some(DeadInfo {
+                    reason: d.reason,
+                    at: d.dead_at,
+                }),
+            };
+            out.push((d.seq, entry, req));
+        }
+        Ok(out)
+    }
+
+    /// Appends an already encoded request at the tail (a retried dead letter).
+    fn push_payload(&self, payload: &[u8]) -> Result<(), OpsError> {
+        let seq = self.journal.append(payload)?;
+        let mut st = self.lock();
+        let at = st.order.partition_point(|p| p.seq < seq);
+        let appended_at = SystemTime::now();
+        st.order.insert(at, Pending { seq, appended_at });
+        self.ready.notify_one();
+        Ok(())
     }
 }
 

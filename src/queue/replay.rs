@@ -52,8 +52,7 @@ impl Replay {
                 continue;
             };
             if self.expired(&head) {
-                inc(&METRICS.dead_lettered_total);
-                self.backend.dead_letter(&head);
+                self.dead_letter(&head);
             } else if !self.deliver_head(proxy, &head, &mut buf, &mut scratch) {
                 return;
             }
@@ -74,6 +73,15 @@ impl Replay {
         let req = &head.req;
         let mut pause = REPLAY_PAUSE_MIN;
         loop {
+            if !self.backend.attempt(head) {
+                log::info!(
+                    "{} {} (X-Request-Id {}) dropped by an operator: not replayed",
+                    req.method,
+                    escaped(&req.target),
+                    escaped(&req.request_id)
+                );
+                return true;
+            }
             match deliver(proxy, head, buf, scratch) {
                 Ok((status, endpoint)) => {
                     inc(&METRICS.replayed_total);
@@ -103,13 +111,20 @@ impl Replay {
                         false => (pause * 2).min(REPLAY_PAUSE_MAX),
                     };
                     if self.expired(head) {
-                        inc(&METRICS.dead_lettered_total);
-                        self.backend.dead_letter(head);
+                        self.dead_letter(head);
                         return true;
                     }
                 }
             }
         }
+    }
+
+    /// The head is over DEFERRED_Q_MAX_AGE: out of the queue, with why.
+    fn dead_letter(&self, head: &Delivery) {
+        inc(&METRICS.dead_lettered_total);
+        let max = self.max_age.unwrap_or_default();
+        let reason = super::ops::max_age_reason(max, head.req.queued_at.elapsed());
+        self.backend.dead_letter_because(head, &reason);
     }
 
     fn expired(&self, head: &Delivery) -> bool {

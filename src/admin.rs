@@ -473,7 +473,7 @@ fn dead_reasons(dead: &[crate::queue::ops::Listed]) -> Vec<(String, usize)> {
             None => counts.push((kind, 1)),
         }
     }
-    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
     counts
 }
 

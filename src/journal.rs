@@ -2080,6 +2080,99 @@ mod tests {
         );
     }
 
+    /// Why and when: a DEAD record follows the dead letter; an ACK there takes it out,
+    /// and once none is left the file is emptied. A file without DEAD records (an older
+    /// ServiceQ) still reads, reason unknown.
+    #[test]
+    fn dead_letters_keep_why_and_when_and_leave_by_ack() {
+        let t = TempDir::new("dead-why");
+        let (j, _, _) = open(t.opts(Fsync::Always));
+        let old = j.append(b"old style").unwrap();
+        j.dead_letter(old).unwrap();
+        let before = SystemTime::now();
+        let seqs: Vec<u64> = (0..3)
+            .map(|i| j.append(format!("r{i}").as_bytes()).unwrap())
+            .collect();
+        for &s in &seqs {
+            j.dead_letter_because(s, "max age: queued 2s").unwrap();
+        }
+        let (dead, warn) = j.dead_letters().unwrap();
+        assert!(warn.is_empty(), "{warn:?}");
+        let got: Vec<(u64, Option<&str>)> =
+            dead.iter().map(|d| (d.seq, d.reason.as_deref())).collect();
+        let why = Some("max age: queued 2s");
+        assert_eq!(
+            got,
+            vec![(old, None), (seqs[0], why), (seqs[1], why), (seqs[2], why)]
+        );
+        assert!(dead[1]
+            .dead_at
+            .is_some_and(|at| at >= before - Duration::from_secs(1)));
+        assert_eq!(dead[0].dead_at, None);
+        // The raw reader still sees exactly the APPENDs.
+        assert_eq!(
+            read_records(&t.0.join(DEAD_LETTER_FILE)).unwrap().0.len(),
+            4
+        );
+
+        j.remove_dead(&[seqs[1], old]).unwrap();
+        let left: Vec<u64> = j.dead_letters().unwrap().0.iter().map(|d| d.seq).collect();
+        assert_eq!(left, vec![seqs[0], seqs[2]]);
+        drop(j);
+        let (j, rec, warn) = open(t.opts(Fsync::Always));
+        assert!(rec.is_empty() && warn.is_empty(), "{rec:?} {warn:?}");
+        assert_eq!(j.dead_letters().unwrap().0.len(), 2, "after a reopen");
+        j.remove_dead(&[seqs[0], seqs[2]]).unwrap();
+        assert_eq!(fs::metadata(t.0.join(DEAD_LETTER_FILE)).unwrap().len(), 0);
+        let s = j.append(b"again").unwrap();
+        j.dead_letter_because(s, "x").unwrap();
+        assert_eq!(j.purge_dead().unwrap(), 1);
+        assert!(j.dead_letters().unwrap().0.is_empty());
+    }
+
+    /// An operator's drop is an ACK made durable at once: a reopen does not bring the
+    /// request back. `read_part` reads inside a queued payload only.
+    #[test]
+    fn a_dropped_request_stays_dropped_and_parts_read_back() {
+        let t = TempDir::new("drop");
+        {
+            let (j, _, _) = open(t.opts(Fsync::Never));
+            let a = j.append(b"first").unwrap();
+            let b = j.append(b"second").unwrap();
+            assert_eq!(j.read_part(b, 1, 3).unwrap(), b"eco");
+            assert!(j.read_part(b, 4, 3).is_err(), "past the payload");
+            j.drop_queued(a).unwrap();
+            assert!(j.read_part(a, 0, 1).is_err(), "no longer queued");
+            let fsyncs = j.fsync_count();
+            j.drop_queued(b).unwrap();
+            assert!(
+                j.fsync_count() > fsyncs,
+                "a drop is fsynced, even with Fsync::Never"
+            );
+            j.append(b"third").unwrap();
+        }
+        let (_j, rec, _) = open(t.opts(Fsync::Never));
+        assert_eq!(payloads(&rec), vec![b"third".to_vec()]);
+    }
+
+    /// A DEAD record in a segment (never written there) is ignored, not read as an ACK.
+    #[test]
+    fn a_dead_record_in_a_segment_is_ignored() {
+        let t = TempDir::new("dead-in-seg");
+        let seq = {
+            let (j, _, _) = open(t.opts(Fsync::Always));
+            j.append(b"kept").unwrap()
+        };
+        let seg = t.0.join(segment_name(1));
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&encode(KIND_DEAD, seq, now_micros(), b"why"))
+            .unwrap();
+        drop(f);
+        let (_j, rec, warn) = open(t.opts(Fsync::Always));
+        assert!(warn.is_empty(), "{warn:?}");
+        assert_eq!(payloads(&rec), vec![b"kept".to_vec()]);
+    }
+
     #[test]
     fn torn_dead_letter_tail_is_cut() {
         let t = TempDir::new("dead-torn");

@@ -300,6 +300,13 @@ fn dead_letters_keep_their_reason_retry_in_order_and_purge() {
     let targets: Vec<String> = u.requests().iter().map(|r| r.target.clone()).collect();
     assert_eq!(targets, ["/d/0", "/d/2"], "retried in their original order");
     assert_eq!(listing(&config, true), vec![row("d", 1)]);
+    // The retried requests held a slot each until delivered, like any queued one.
+    let held = || metric_sample(admin, "serviceq_requests_held");
+    assert!(
+        wait_until(Duration::from_secs(5), || held() == Some(0.0)),
+        "{:?}",
+        held()
+    );
 
     assert_eq!(
         queue_ok(&config, &["purge", "--dead"]).trim(),
@@ -363,6 +370,18 @@ fn queue_changes_need_the_token_and_the_memory_queue_works_online() {
     );
     assert_eq!(listing(&config, false), vec![]);
     assert_eq!(metric_sample(admin, "serviceq_queue_depth"), Some(0.0));
+    // Each dropped request gave its CONCURRENCY_PEAK slot back, exactly once.
+    let held = || metric_sample(admin, "serviceq_requests_held");
+    assert!(
+        wait_until(Duration::from_secs(5), || held() == Some(0.0)),
+        "{:?}",
+        held()
+    );
+    assert!(
+        holds_for(Duration::from_millis(700), || held() == Some(0.0)),
+        "{:?}",
+        held()
+    );
 }
 
 #[test]

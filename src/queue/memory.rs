@@ -190,7 +190,7 @@ impl Backend for MemoryBackend {
 
     fn attempt(&self, d: &Delivery) -> bool {
         let mut st = self.lock();
-        if !st.entries.front().is_some_and(|(id, _)| *id == d.id) {
+        if st.entries.front().is_none_or(|(id, _)| *id != d.id) {
             return false;
         }
         match &mut st.delivering {
@@ -318,6 +318,7 @@ impl MemoryBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::ops::Select;
     use crate::queue::tests::request;
 
     #[test]
@@ -351,6 +352,60 @@ mod tests {
         q.ack(&head);
         assert_eq!(q.bytes(), 4);
         q.push(request(&[4; 6])).unwrap();
+    }
+
+    fn with_id(id: &str, body: &[u8]) -> QueuedRequest {
+        let mut r = request(body);
+        r.request_id = id.into();
+        r
+    }
+
+    /// Dead letters stay (counting against the limit) until a queued request needs
+    /// the room; drops free the slots of all but the head being delivered; retried
+    /// dead letters keep their order.
+    #[test]
+    fn dead_letters_yield_to_queued_requests_and_retry_in_order() {
+        let q = MemoryBackend::new(10);
+        for id in ["a", "b", "c"] {
+            q.push(with_id(id, &[1; 3])).unwrap();
+        }
+        for _ in 0..2 {
+            let head = q.head(Duration::ZERO).unwrap();
+            assert!(q.attempt(&head));
+            q.dead_letter_because(&head, "max age: t");
+        }
+        let dead: Vec<String> = q
+            .list_dead(9)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.request_id)
+            .collect();
+        assert_eq!(dead, ["a", "b"]);
+        q.push(with_id("d", &[2; 1])).unwrap(); // 3 + 1 queued + 6 dead = 10: fits
+        q.push(with_id("e", &[2; 3])).unwrap(); // the oldest dead letter makes room
+        let dead: Vec<String> = q
+            .list_dead(9)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.request_id)
+            .collect();
+        assert_eq!(dead, ["b"]);
+
+        let head = q.head(Duration::ZERO).unwrap();
+        assert_eq!(head.req.request_id, "c");
+        let r = q.remove(&["c".into(), "e".into()]).unwrap();
+        assert_eq!((r.queued, r.dead, r.holds_freed), (2, 0, 1));
+        assert!(!q.attempt(&head));
+        assert_eq!(q.retry_dead(&Select::All).unwrap(), 1);
+        let ids: Vec<String> = q
+            .list(9)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.request_id)
+            .collect();
+        assert_eq!(ids, ["d", "b"]);
+        assert_eq!(q.bytes(), 4);
+        assert_eq!(q.purge_dead().unwrap(), 0);
     }
 
     #[test]

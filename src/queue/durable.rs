@@ -24,7 +24,7 @@ struct State {
     /// The head, read back and decoded once for all its delivery tries.
     head: Option<(u64, Arc<QueuedRequest>)>,
     /// The head's seq and its delivery tries so far.
-    tries: Option<(u64, u32)>,
+    tries: super::ops::Tries,
     closed: bool,
 }
 
@@ -196,10 +196,7 @@ impl Backend for JournalBackend {
         if st.order.front().is_none_or(|p| p.seq != d.id) {
             return false;
         }
-        match &mut st.tries {
-            Some((seq, n)) if *seq == d.id => *n += 1,
-            other => *other = Some((d.id, 1)),
-        }
+        super::ops::count_try(&mut st.tries, d.id);
         true
     }
 
@@ -322,7 +319,7 @@ impl JournalBackend {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e.into()),
             };
-            let attempts = tries.filter(|(seq, _)| *seq == p.seq).map_or(0, |(_, n)| n);
+            let attempts = super::ops::tries_of(tries, p.seq);
             out.push((
                 p.seq,
                 Listed {
@@ -390,18 +387,12 @@ impl JournalBackend {
 mod tests {
     use super::*;
     use crate::journal::JournalOptions;
-    use crate::queue::tests::request;
+    use crate::queue::tests::{ids, request, with_id};
 
     fn temp_dir(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("sq-durable-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
-    }
-
-    fn with_id(id: &str, body: &[u8]) -> QueuedRequest {
-        let mut r = request(body);
-        r.request_id = id.into();
-        r
     }
 
     /// Listing reads each record's fields without its body; a drop of the head being
@@ -450,8 +441,7 @@ mod tests {
         let next = q.head(Duration::ZERO).unwrap();
         q.dead_letter_because(&next, "max age: test");
         let dead = q.list_dead(usize::MAX).unwrap();
-        let ids: Vec<&str> = dead.iter().map(|l| l.request_id.as_str()).collect();
-        assert_eq!(ids, ["b", "d"]);
+        assert_eq!(ids(dead.clone()), ["b", "d"]);
         assert_eq!(
             dead[0].dead.as_ref().unwrap().reason.as_deref(),
             Some("max age: test")
@@ -464,13 +454,11 @@ mod tests {
             2
         );
         assert!(q.list_dead(usize::MAX).unwrap().is_empty());
-        let ids: Vec<String> = q
-            .list(9)
-            .unwrap()
-            .into_iter()
-            .map(|l| l.request_id)
-            .collect();
-        assert_eq!(ids, ["b", "d"], "retried in dead-letter order");
+        assert_eq!(
+            ids(q.list(9).unwrap()),
+            ["b", "d"],
+            "retried in dead-letter order"
+        );
         assert!(matches!(q.show("zz"), Err(OpsError::NotFound(_))));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -25,7 +25,7 @@ struct State {
     /// Body bytes held by `dead`.
     dead_bytes: u64,
     /// The head the replay loop was handed, and its delivery tries so far.
-    delivering: Option<(u64, u32)>,
+    delivering: super::ops::Tries,
     next_id: u64,
     closed: bool,
 }
@@ -101,9 +101,7 @@ impl MemoryBackend {
     }
 
     fn attempts_of(st: &State, id: u64) -> u32 {
-        st.delivering
-            .filter(|(d, _)| *d == id)
-            .map_or(0, |(_, n)| n)
+        super::ops::tries_of(st.delivering, id)
     }
 }
 
@@ -156,11 +154,7 @@ impl Backend for MemoryBackend {
     fn ack(&self, d: &Delivery) {
         let mut st = self.lock();
         if st.entries.front().is_some_and(|(id, _)| *id == d.id) {
-            st.entries.pop_front();
-            st.bytes = st.bytes.saturating_sub(d.req.body.len());
-        }
-        if st.delivering.is_some_and(|(id, _)| id == d.id) {
-            st.delivering = None;
+            self.ack_locked(&mut st, d);
         }
     }
 
@@ -193,10 +187,7 @@ impl Backend for MemoryBackend {
         if st.entries.front().is_none_or(|(id, _)| *id != d.id) {
             return false;
         }
-        match &mut st.delivering {
-            Some((id, n)) if *id == d.id => *n += 1,
-            other => *other = Some((d.id, 1)),
-        }
+        super::ops::count_try(&mut st.delivering, d.id);
         true
     }
 
@@ -319,7 +310,7 @@ impl MemoryBackend {
 mod tests {
     use super::*;
     use crate::queue::ops::Select;
-    use crate::queue::tests::request;
+    use crate::queue::tests::{ids, request, with_id};
 
     #[test]
     fn fifo_with_head_until_ack() {
@@ -354,12 +345,6 @@ mod tests {
         q.push(request(&[4; 6])).unwrap();
     }
 
-    fn with_id(id: &str, body: &[u8]) -> QueuedRequest {
-        let mut r = request(body);
-        r.request_id = id.into();
-        r
-    }
-
     /// Dead letters stay (counting against the limit) until a queued request needs
     /// the room; drops free the slots of all but the head being delivered; retried
     /// dead letters keep their order.
@@ -374,21 +359,11 @@ mod tests {
             assert!(q.attempt(&head));
             q.dead_letter_because(&head, "max age: t");
         }
-        let dead: Vec<String> = q
-            .list_dead(9)
-            .unwrap()
-            .into_iter()
-            .map(|l| l.request_id)
-            .collect();
+        let dead = ids(q.list_dead(9).unwrap());
         assert_eq!(dead, ["a", "b"]);
         q.push(with_id("d", &[2; 1])).unwrap(); // 3 + 1 queued + 6 dead = 10: fits
         q.push(with_id("e", &[2; 3])).unwrap(); // the oldest dead letter makes room
-        let dead: Vec<String> = q
-            .list_dead(9)
-            .unwrap()
-            .into_iter()
-            .map(|l| l.request_id)
-            .collect();
+        let dead = ids(q.list_dead(9).unwrap());
         assert_eq!(dead, ["b"]);
 
         let head = q.head(Duration::ZERO).unwrap();
@@ -397,13 +372,7 @@ mod tests {
         assert_eq!((r.queued, r.dead, r.holds_freed), (2, 0, 1));
         assert!(!q.attempt(&head));
         assert_eq!(q.retry_dead(&Select::All).unwrap(), 1);
-        let ids: Vec<String> = q
-            .list(9)
-            .unwrap()
-            .into_iter()
-            .map(|l| l.request_id)
-            .collect();
-        assert_eq!(ids, ["d", "b"]);
+        assert_eq!(ids(q.list(9).unwrap()), ["d", "b"]);
         assert_eq!(q.bytes(), 4);
         assert_eq!(q.purge_dead().unwrap(), 0);
     }

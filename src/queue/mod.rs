@@ -391,6 +391,17 @@ pub(crate) mod tests {
         }
     }
 
+    pub fn with_id(id: &str, body: &[u8]) -> QueuedRequest {
+        let mut r = request(body);
+        r.request_id = id.into();
+        r
+    }
+
+    /// The X-Request-Ids of a listing, in order.
+    pub fn ids(list: Vec<ops::Listed>) -> Vec<String> {
+        list.into_iter().map(|l| l.request_id).collect()
+    }
+
     #[test]
     fn payload_round_trips() {
         let req = request(&[0, 1, 255]);

@@ -114,6 +114,24 @@ pub struct Removed {
     pub holds_freed: usize,
 }
 
+/// A backend's record of its head's delivery tries: (entry, tries so far).
+pub type Tries = Option<(u64, u32)>;
+
+/// Counts one delivery try of entry `id` (a new head starts from 1).
+pub fn count_try(tries: &mut Tries, id: u64) {
+    match tries {
+        Some((entry, n)) if *entry == id => *n += 1,
+        other => *other = Some((id, 1)),
+    }
+}
+
+/// The tries counted for entry `id` (0 for any entry but the head).
+pub fn tries_of(tries: Tries, id: u64) -> u32 {
+    tries
+        .filter(|(entry, _)| *entry == id)
+        .map_or(0, |(_, n)| n)
+}
+
 /// Ids in `ids` that `found` does not contain, for a "not found" answer.
 pub fn missing<'a>(ids: &'a [String], found: &[&str]) -> Vec<&'a str> {
     ids.iter()

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::metrics::{self, CheckFigures, EndpointFigures, Gauges};
 use crate::proxy::Proxy;
-use crate::server::Pool;
+use crate::slots::Pool;
 use crate::upstream::FAILURE_CODES;
 
 /// The longest an admin request's whole head may take to arrive (a deadline, not a

@@ -20,7 +20,7 @@ use std::path::Path;
 
 use crate::queue::ops::{self, Op, OpsError, Select};
 use crate::queue::Backend;
-use crate::server::Pool;
+use crate::slots::Pool;
 
 /// A listing over the API holds at most this many requests unless `limit` says.
 const DEFAULT_LIST_LIMIT: usize = 10_000;

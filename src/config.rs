@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::checks::StatusRanges;
 use crate::formats::RequestFormats;
-use crate::health::StatusRanges;
 
 /// `http` or `https`, as written in ENDPOINTS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -878,13 +878,18 @@ impl Entries<'_> {
                  anyone on the network path can impersonate them",
             ));
         }
-        if !config.ssl_enable {
+        let unused_files = match (config.ssl_enable, config.ssl_auto_enable) {
+            (false, _) => Some("ignored because SSL_ENABLE is false"),
+            (true, true) => Some("not used: SSL_AUTO_ENABLE=true gets the certificate by ACME"),
+            (true, false) => None,
+        };
+        if let Some(why) = unused_files {
             let given = [
                 ("SSL_CERTIFICATE_FILE", &config.ssl_certificate_file),
                 ("SSL_PRIVATE_KEY_FILE", &config.ssl_private_key_file),
             ];
             for (key, _) in given.iter().filter(|(_, path)| path.is_some()) {
-                warnings.push(self.warning(key, "ignored because SSL_ENABLE is false"));
+                warnings.push(self.warning(key, why));
             }
         }
         for (index, endpoint) in config.endpoints.iter().enumerate() {
@@ -1449,6 +1454,14 @@ mod tests {
         assert_eq!(auto.ssl_auto_domains, ["a.test", "b.test"]);
         assert_eq!(auto.ssl_auto_directory_url, LETS_ENCRYPT_DIRECTORY);
         assert_eq!(auto.ssl_auto_http_port, 80);
+        let body = format!("{BASE}SSL_ENABLE=true\nSSL_AUTO_ENABLE=true\nSSL_AUTO_DOMAINS=a.test\nSSL_CERTIFICATE_FILE=c.pem\n");
+        let (_, warnings) = parse(&body).unwrap();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("SSL_CERTIFICATE_FILE: not used")),
+            "{warnings:?}"
+        );
         let e = parse_err(&format!("{BASE}SSL_ENABLE=true\nSSL_AUTO_ENABLE=true\n"));
         assert!(e.to_string().contains("SSL_AUTO_DOMAINS: missing"), "{e}");
     }

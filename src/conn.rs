@@ -10,20 +10,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::accesslog;
+use crate::attempt::{Scratch, Settings};
 use crate::body::Body;
 use crate::buffer::IoBuf;
 use crate::error::{is_timeout, ClientError, LogCode, Reply};
-use crate::forward::{self, ClientFraming};
+use crate::forward;
 use crate::http::headers;
 use crate::http::{
     parse_request_into, BodyFraming, ChunkedDecoder, HeadLimits, RequestHead, Version,
 };
+use crate::linger::linger_after_reply;
 use crate::logging::escaped;
 use crate::metrics::{self, METRICS};
-use crate::proxy::{Proxy, Scratch, Settings};
+use crate::proxy::Proxy;
 use crate::queue::QueuedRequest;
+use crate::relay::ClientFraming;
 use crate::relay::{self, RelayEnd, Sink, RELAY_READ_BYTES};
-use crate::server::{linger_after_reply, state, Accepted, Pool, WorkerSlot};
+use crate::slots::{state, Accepted, Pool, ServeConnection, WorkerSlot};
 use crate::stream::Stream;
 use crate::upstream::{Exchange, OutgoingRequest};
 
@@ -133,6 +136,12 @@ impl Outcome {
             request_id: id,
             ..Outcome::default()
         };
+    }
+}
+
+impl ServeConnection for Worker {
+    fn serve(&mut self, accepted: Accepted, slot: &WorkerSlot, pool: &Pool) {
+        Worker::serve(self, accepted, slot, pool)
     }
 }
 
@@ -371,7 +380,7 @@ impl Worker {
             if !slot.go_idle(pool.now_ms(), state::FIRST) {
                 return Ok(false);
             }
-            let peeked = tcp.peek(&mut [0u8; 1]);
+            let peeked = peek_blocking(tcp);
             // Reclaimed: the acceptor's peek found nothing, so no request is lost.
             return Ok(slot.go_busy() && matches!(peeked, Ok(n) if n > 0));
         }
@@ -506,7 +515,7 @@ impl Worker {
             &mut self.headers,
         );
         // An upgrade is never queued: its client waits for the switch (`tunnel.rs`).
-        let upgrade = crate::tunnel::offered_upgrade(head).is_some();
+        let upgrade = crate::http::upgrade::offered_upgrade(head).is_some();
         let queueable = !upgrade && settings.is_queueable(&head.method, &head.target);
         let (upfront, deferred) = (
             queueable && settings.cfg.enable_upfront_q,
@@ -581,7 +590,7 @@ impl Worker {
                     "{} {} (X-Request-Id {}) not queued: {e}",
                     escaped(&head.method),
                     escaped(&head.target),
-                    self.outcome.request_id
+                    escaped(&self.outcome.request_id)
                 );
                 (self.reply(client, head, unqueued), Hold::Released)
             }
@@ -720,7 +729,7 @@ impl Worker {
     fn switch_protocols(&mut self, client: &mut Client, idx: usize, exchange: Exchange) -> Next {
         let Exchange { mut conn, head } = exchange;
         let settings = &self.settings.1;
-        crate::tunnel::switching_protocols_head(&head, &settings.response_headers, &mut self.out);
+        forward::switching_protocols_head(&head, &settings.response_headers, &mut self.out);
         self.scratch.reuse_head(head);
         (self.outcome.status, self.outcome.relayed) = (101, true);
         self.outcome.upstream = Some(idx);
@@ -836,6 +845,18 @@ fn close_after(mut client: Client, bytes: &[u8], proxy: &Proxy, linger: Linger) 
         Stream::Plain(tcp) if linger == Linger::IfPending && !has_pending_bytes(&tcp) => drop(tcp),
         Stream::Plain(tcp) => linger_after_reply(&proxy.linger, tcp),
         mut tls => tls.shutdown_write(),
+    }
+}
+
+/// Waits (within the socket's read timeout) until the client sends a byte or closes,
+/// leaving what arrived in the socket. A signal delivered to this thread is not the end
+/// of the wait.
+fn peek_blocking(tcp: &TcpStream) -> io::Result<usize> {
+    loop {
+        match tcp.peek(&mut [0u8; 1]) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
     }
 }
 

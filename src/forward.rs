@@ -4,7 +4,35 @@
 
 use crate::http::headers::{self, connection_tokens, is_hop_by_hop};
 use crate::http::{RequestHead, ResponseFraming, ResponseHead, Version};
-use crate::proxy::CustomHeaders;
+use crate::relay::ClientFraming;
+
+/// Header lines added to every message in one direction, pre-rendered once.
+pub struct CustomHeaders {
+    /// `Name: value\r\n` for each.
+    pub rendered: Vec<u8>,
+    /// Lower-cased names, to drop same-named headers they replace.
+    pub names: Vec<String>,
+}
+
+impl CustomHeaders {
+    pub fn new(pairs: &[(String, String)]) -> Self {
+        let mut rendered = Vec::new();
+        for (name, value) in pairs {
+            rendered.extend_from_slice(name.as_bytes());
+            rendered.extend_from_slice(b": ");
+            rendered.extend_from_slice(value.as_bytes());
+            rendered.extend_from_slice(b"\r\n");
+        }
+        CustomHeaders {
+            rendered,
+            names: pairs.iter().map(|(n, _)| n.to_ascii_lowercase()).collect(),
+        }
+    }
+
+    pub fn replaces(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+}
 
 /// Request headers that ServiceQ sets itself, so the client's copies are not forwarded
 /// as they are (RFC 9110 §7.2 for Host; `Expect` because the body was already read).
@@ -110,7 +138,7 @@ pub fn upstream_request_into(
     push_header(headers, b"X-Request-Id", id.as_bytes());
     headers.extend_from_slice(&custom.rendered);
     // An upgrade (WebSocket) keeps its two hop-by-hop fields: ServiceQ tunnels a 101.
-    if let Some(protocols) = crate::tunnel::offered_upgrade(head) {
+    if let Some(protocols) = crate::http::upgrade::offered_upgrade(head) {
         headers.extend_from_slice(b"Connection: upgrade\r\n");
         push_header(headers, b"Upgrade", &protocols);
     }
@@ -120,17 +148,6 @@ pub fn upstream_request_into(
         headers.extend_from_slice(b"\r\n");
     }
     headers.extend_from_slice(b"\r\n");
-}
-
-/// How the response body is framed towards the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientFraming {
-    /// As the upstream framed it: Content-Length, or no body.
-    AsIs,
-    /// Re-chunked by ServiceQ (HTTP/1.1 clients).
-    Chunked,
-    /// Delimited by closing the connection (HTTP/1.0 clients).
-    UntilClose,
 }
 
 pub fn client_framing(resp: ResponseFraming, client: Version) -> ClientFraming {
@@ -213,6 +230,35 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 fn push_all(out: &mut Vec<u8>, parts: &[&[u8]]) {
     for p in parts {
         out.extend_from_slice(p);
+    }
+}
+
+/// The 101 for the client: the endpoint's status line and end-to-end fields, the custom
+/// response headers, then `Connection: upgrade` and the endpoint's `Upgrade`.
+pub fn switching_protocols_head(resp: &ResponseHead, custom: &CustomHeaders, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 101 ");
+    out.extend_from_slice(resp.reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let tokens = connection_tokens(&resp.headers);
+    for h in &resp.headers {
+        let framing = h.name.eq_ignore_ascii_case("content-length");
+        if framing || is_hop_by_hop(&h.name, &tokens) || custom.replaces(&h.name) {
+            continue;
+        }
+        push_field(out, h.name.as_bytes(), &h.value);
+    }
+    out.extend_from_slice(&custom.rendered);
+    out.extend_from_slice(b"Connection: upgrade\r\n");
+    if let Some(upgrade) = headers::find(&resp.headers, "upgrade") {
+        push_field(out, b"Upgrade", &upgrade.value);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    for part in [name, b": ", value, b"\r\n"] {
+        out.extend_from_slice(part);
     }
 }
 

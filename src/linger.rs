@@ -80,3 +80,11 @@ fn drain(s: &mut TcpStream, scratch: &mut [u8]) -> bool {
         }
     }
 }
+
+/// Half-closes `stream` (our side is done: FIN after the reply) and hands it to the
+/// lingering closer, which drains what the client still sends before closing, so the
+/// client reads the reply instead of a reset. Used by the acceptor and the workers.
+pub fn linger_after_reply(linger: &Lingerer, stream: TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    linger.close(stream);
+}

@@ -15,13 +15,16 @@ use log::LevelFilter;
 
 use serviceq::accesslog::AccessLog;
 use serviceq::acme;
-use serviceq::config::FsyncPolicy;
 use serviceq::config::{self, Config, ConfigError};
-use serviceq::journal::{Fsync, Journal, JournalOptions};
+use serviceq::conn::Worker;
+use serviceq::journal::{Journal, JournalOptions};
 use serviceq::logging::{self, ErrorLog};
 use serviceq::proxy::{Durable, Logs, Proxy, TlsSetup};
+use serviceq::queue::Replay;
 use serviceq::server::{self, RunError};
+use serviceq::slots::Pool;
 use serviceq::tls;
+use serviceq::{health, signals};
 
 const DEFAULT_CONFIG: &str = "/opt/serviceq/config/sq.properties";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -88,6 +91,9 @@ fn run() -> Result<(), String> {
         connector: tls::upstream_connector(&cfg)
             .map_err(|e| startup_error(&cfg, e.key, e.message))?,
     };
+    // Before --check returns, so that it reports a bad SSL_AUTO_CA_FILE too.
+    let acme = acme::Settings::from_config(&cfg)
+        .map_err(|e| startup_error(&cfg, "SSL_AUTO_CA_FILE", e))?;
     if args.check {
         check_journal_dir(&cfg)?;
         println!("{}", summary(&cfg));
@@ -108,42 +114,61 @@ fn run() -> Result<(), String> {
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let durable = open_journal(&cfg)?;
     let admin = bind_admin(&cfg)?;
-    start_acme(&cfg, tls.acceptor.as_ref(), port)?;
+    start_acme(&cfg, acme, tls.acceptor.as_ref(), port)?;
     let (proxy, replay) = Proxy::new(cfg, logs, port, tls, durable).map_err(|e| e.to_string())?;
     let source = proxy.settings().cfg.source.clone();
-    server::run(listener, admin, Arc::new(proxy), replay).map_err(|e| match e {
-        RunError::Workers {
-            wanted,
-            started,
-            source: err,
-        } => ConfigError {
+    start_threads(listener, admin, Arc::new(proxy), replay).map_err(|e| {
+        let key = matches!(e, RunError::Workers { .. }).then(|| "CONCURRENCY_PEAK".into());
+        ConfigError {
             file: source,
             line: None,
-            key: Some("CONCURRENCY_PEAK".into()),
-            message: format!(
-                "cannot start {wanted} worker threads (stopped at {started}: {err}); \
-                 lower CONCURRENCY_PEAK or raise the host's thread limits \
-                 (ulimit -u, kernel.threads-max, the service's TasksMax)"
-            ),
+            key,
+            message: e.to_string(),
         }
-        .to_string(),
-        RunError::Io(err) => format!("{}: {err}", source.display()),
+        .to_string()
+    })
+}
+
+/// Wires the threads: signals first (a signal that arrives before its handler is set
+/// would take its default action: SIGHUP and SIGUSR1 terminate), then the replay
+/// thread, the health checker and the admin listener, then the workers and the
+/// acceptor, which runs on this thread until a stop.
+fn start_threads(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    proxy: Arc<Proxy>,
+    replay: Replay,
+) -> Result<(), RunError> {
+    let thread = |name: &'static str| move |source| RunError::Thread { name, source };
+    let signal_listener = listener.try_clone().map_err(RunError::Listener)?;
+    signals::spawn(Arc::clone(&proxy), signal_listener).map_err(thread("signals"))?;
+    let pool = Arc::new(Pool::new(proxy.peak()));
+    pool.hold_queued(proxy.queue.depth());
+    replay
+        .start(Arc::clone(&proxy), Arc::clone(&pool))
+        .map_err(thread("replay"))?;
+    health::start(Arc::clone(&proxy)).map_err(thread("health-check"))?;
+    if let Some(admin) = admin {
+        serviceq::admin::start(admin, Arc::clone(&proxy), Arc::clone(&pool))
+            .map_err(thread("admin"))?;
+    }
+    let shared = Arc::clone(&proxy);
+    server::run(listener, proxy, pool, move || {
+        Worker::new(Arc::clone(&shared))
     })
 }
 
 /// SSL_AUTO_ENABLE: binds the HTTP-01 port and starts the certificate manager.
 fn start_acme(
     cfg: &Config,
+    settings: Option<acme::Settings>,
     tls: Option<&Arc<tls::ListenerTls>>,
     https_port: u16,
 ) -> Result<(), String> {
-    let Some(tls) = tls else { return Ok(()) };
-    let bound = acme::bind(cfg).map_err(|e| startup_error(cfg, "SSL_AUTO_HTTP_PORT", e))?;
-    let Some(listener) = bound else {
+    let (Some(settings), Some(tls)) = (settings, tls) else {
         return Ok(());
     };
-    let settings =
-        acme::Settings::from_config(cfg).map_err(|e| startup_error(cfg, "SSL_AUTO_CA_FILE", e))?;
+    let listener = acme::bind(cfg).map_err(|e| startup_error(cfg, "SSL_AUTO_HTTP_PORT", e))?;
     acme::start(settings, listener, Arc::clone(tls), https_port).map_err(|e| e.to_string())
 }
 
@@ -214,11 +239,7 @@ fn open_journal(cfg: &Config) -> Result<Durable, String> {
         return Ok(Durable::default());
     };
     let mut options = JournalOptions::new(dir);
-    options.fsync = match cfg.deferred_q_fsync {
-        FsyncPolicy::Always => Fsync::Always,
-        FsyncPolicy::Interval => Fsync::Interval,
-        FsyncPolicy::Never => Fsync::Never,
-    };
+    options.fsync = cfg.deferred_q_fsync;
     let (journal, records, warnings) =
         Journal::open(options).map_err(|e| startup_error(cfg, "DEFERRED_Q_DIR", e.to_string()))?;
     for w in warnings {

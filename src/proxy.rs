@@ -1,6 +1,6 @@
-//! `Proxy`: what every thread shares — the logs, the lingering closer, the request-id
-//! source, the queue — and `Settings`, the reloadable part: the configuration, the
-//! endpoints and the pre-rendered custom headers.
+//! `Proxy`: what every thread shares for the life of the process — the logs, the
+//! lingering closer, the request-id source, the queue, the listener's TLS — and the
+//! swap of its reloadable [`Settings`] snapshot on SIGHUP.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -8,49 +8,15 @@ use std::sync::{Arc, RwLock};
 
 use native_tls::TlsConnector;
 
-use rand::rngs::SmallRng;
-
 use crate::accesslog::AccessLog;
-use crate::balancer;
-use crate::buffer::IoBuf;
+pub use crate::attempt::{Scratch, Settings};
 use crate::config::Config;
-use crate::error::{AttemptError, Reply};
-use crate::http::ResponseHead;
 use crate::journal::{Journal, Pending};
 use crate::linger::Lingerer;
 use crate::logging::ErrorLog;
-use crate::queue::{self, Queue, Replay};
+use crate::queue::{self, Queue, Replay, ReplayContext};
 use crate::tls::ListenerTls;
-use crate::upstream::{Exchange, Held, OutgoingRequest, Upstreams};
 use crate::wakeup::Wakeup;
-
-/// Header lines added to every message in one direction, pre-rendered once.
-pub struct CustomHeaders {
-    /// `Name: value\r\n` for each.
-    pub rendered: Vec<u8>,
-    /// Lower-cased names, to drop same-named headers they replace.
-    pub names: Vec<String>,
-}
-
-impl CustomHeaders {
-    pub fn new(pairs: &[(String, String)]) -> Self {
-        let mut rendered = Vec::new();
-        for (name, value) in pairs {
-            rendered.extend_from_slice(name.as_bytes());
-            rendered.extend_from_slice(b": ");
-            rendered.extend_from_slice(value.as_bytes());
-            rendered.extend_from_slice(b"\r\n");
-        }
-        CustomHeaders {
-            rendered,
-            names: pairs.iter().map(|(n, _)| n.to_ascii_lowercase()).collect(),
-        }
-    }
-
-    pub fn replaces(&self, name: &str) -> bool {
-        self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
-    }
-}
 
 /// Unique request ids: a random per-process prefix and a counter, so ids never repeat
 /// within a run and practically never across restarts.
@@ -86,168 +52,6 @@ fn hex_into(out: &mut [u8], mut n: u64) {
     for digit in out.iter_mut().rev() {
         *digit = b"0123456789abcdef"[(n & 0xf) as usize];
         n >>= 4;
-    }
-}
-
-/// Per-thread state for `try_endpoints`, kept to avoid an allocation per request.
-pub struct Scratch {
-    pub errors: Vec<u32>,
-    /// The health checks' verdicts at the first attempt (`Upstreams::down_mask`).
-    pub down: Vec<bool>,
-    pub rng: SmallRng,
-    /// Attempts the last `try_endpoints` made (for the access log).
-    pub attempts: u32,
-    /// The endpoint connections this thread keeps between requests.
-    pub held: Held,
-    /// Storage for response heads: an `Exchange` takes it, and the caller gives it
-    /// back with [`Scratch::reuse_head`] once the response is relayed.
-    pub resp: ResponseHead,
-}
-
-impl Scratch {
-    pub fn new() -> Self {
-        use rand::SeedableRng;
-        Scratch {
-            errors: Vec::new(),
-            down: Vec::new(),
-            rng: SmallRng::from_entropy(),
-            attempts: 0,
-            held: Held::default(),
-            resp: ResponseHead::empty(),
-        }
-    }
-
-    /// Gives back the head an `Exchange` took, so the next response reuses its buffers.
-    pub fn reuse_head(&mut self, head: ResponseHead) {
-        self.resp = head;
-    }
-}
-
-impl Default for Scratch {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Everything a SIGHUP may change (SPEC §10): the configuration and what is derived
-/// from it. A request uses one snapshot from start to end; a reload swaps in a new one
-/// for the requests that start after it.
-pub struct Settings {
-    pub cfg: Config,
-    pub upstreams: Upstreams,
-    pub response_headers: CustomHeaders,
-    pub request_headers: CustomHeaders,
-    /// Where request bodies beyond CLIENT_BODY_BUFFER_SIZE go.
-    spill: crate::body::Spill,
-}
-
-impl Settings {
-    /// Derives the run-time settings; endpoints also in `previous` keep their
-    /// connection pool and error count.
-    pub fn new(cfg: Config, connector: Option<TlsConnector>, previous: Option<&Settings>) -> Self {
-        let upstreams = Upstreams::new(
-            &cfg.endpoints,
-            connector,
-            cfg.outgoing_request_timeout,
-            cfg.concurrency_peak,
-            previous.map(|p| &p.upstreams),
-        );
-        Settings {
-            upstreams,
-            response_headers: CustomHeaders::new(&cfg.custom_response_headers),
-            request_headers: CustomHeaders::new(&cfg.custom_request_headers),
-            spill: crate::body::Spill {
-                memory_bytes: cfg.client_body_buffer_size,
-                dir: cfg.client_body_temp_dir.clone(),
-            },
-            cfg,
-        }
-    }
-
-    /// SPEC §4: a weighted-random first attempt, then round-robin, up to MAX_RETRIES
-    /// attempts `RETRY_GAP` apart. Each failure counts against its endpoint and goes to
-    /// the error log; the first complete response head wins. On failure, the last
-    /// attempt's error decides the response.
-    pub fn try_endpoints(
-        &self,
-        errlog: &ErrorLog,
-        req: &OutgoingRequest<'_>,
-        buf: &mut IoBuf,
-        scratch: &mut Scratch,
-    ) -> Result<(usize, Exchange), AttemptError> {
-        let ups = &self.upstreams;
-        let mut last = None;
-        let mut idx = 0;
-        for attempt in 0..self.cfg.max_retries {
-            scratch.attempts = attempt + 1;
-            if attempt == 0 {
-                ups.error_counts(&mut scratch.errors);
-                ups.down_mask(&mut scratch.down);
-                idx = balancer::first_choice(&scratch.errors, &scratch.down, &mut scratch.rng);
-            } else {
-                if !self.cfg.retry_gap.is_zero() {
-                    std::thread::sleep(self.cfg.retry_gap);
-                }
-                idx = balancer::next_after(idx, ups.count(), &scratch.down);
-            }
-            let up = &ups.list[idx];
-            match ups.attempt(idx, req, buf, &mut scratch.held, &mut scratch.resp) {
-                Ok(exchange) => {
-                    up.record_success();
-                    return Ok((idx, exchange));
-                }
-                Err(e) => {
-                    up.record_failure(e.log_code());
-                    errlog.record(&up.label, e.log_code());
-                    log::debug!(
-                        "{} attempt on {}: {e}",
-                        crate::logging::escaped(req.method),
-                        up.label
-                    );
-                    // An upgrade is retried only if it never reached the endpoint.
-                    let sent = !matches!(e, AttemptError::Connect(_));
-                    last = Some(e);
-                    if req.upgrade && sent {
-                        break;
-                    }
-                }
-            }
-        }
-        Err(last.unwrap_or(AttemptError::Connect(io::ErrorKind::NotFound.into())))
-    }
-
-    /// A SPEC §6 response: JSON body, Content-Length, the custom response headers, and
-    /// `Connection: close` when the connection ends after it. Counted in /metrics here,
-    /// the one place every generated response passes.
-    pub fn render_reply(&self, reply: Reply, close: bool, head_only: bool) -> Vec<u8> {
-        crate::metrics::METRICS.reply(reply);
-        let (status, reason, _) = reply.parts();
-        let body = reply.body();
-        let mut out = format!(
-            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        )
-        .into_bytes();
-        out.extend_from_slice(&self.response_headers.rendered);
-        if close {
-            out.extend_from_slice(b"Connection: close\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        if !head_only {
-            out.extend_from_slice(body.as_bytes());
-        }
-        out
-    }
-
-    /// Where request bodies beyond CLIENT_BODY_BUFFER_SIZE go.
-    pub fn body_spill(&self) -> &crate::body::Spill {
-        &self.spill
-    }
-
-    /// Whether a request may wait in the queue (SPEC §5).
-    pub fn is_queueable(&self, method: &str, target: &str) -> bool {
-        (self.cfg.enable_deferred_q || self.cfg.enable_upfront_q)
-            && self.cfg.request_formats.is_eligible(method, target)
     }
 }
 
@@ -383,6 +187,21 @@ impl Proxy {
 
     pub fn peak(&self) -> usize {
         self.peak
+    }
+}
+
+impl ReplayContext for Proxy {
+    fn settings(&self) -> Arc<Settings> {
+        Proxy::settings(self)
+    }
+    fn errlog(&self) -> &ErrorLog {
+        &self.errlog
+    }
+    fn stopping(&self) -> bool {
+        Proxy::stopping(self)
+    }
+    fn wakeup(&self) -> &Wakeup {
+        &self.replay_wakeup
     }
 }
 

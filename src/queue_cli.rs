@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::admin_queue::{load_token, percent_encode};
-use crate::config::{self, Config, FsyncPolicy};
-use crate::journal::{Fsync, Journal, JournalError, JournalOptions};
+use crate::config::{self, Config};
+use crate::journal::{Journal, JournalError, JournalOptions};
 use crate::queue::durable::JournalBackend;
 use crate::queue::ops::{self, Op, Select};
 
@@ -125,11 +125,7 @@ fn execute(cfg: &Config, op: &Op) -> Result<serde_json::Value, String> {
         );
     };
     let mut options = JournalOptions::new(dir);
-    options.fsync = match cfg.deferred_q_fsync {
-        FsyncPolicy::Always => Fsync::Always,
-        FsyncPolicy::Interval => Fsync::Interval,
-        FsyncPolicy::Never => Fsync::Never,
-    };
+    options.fsync = cfg.deferred_q_fsync;
     let (journal, recovered, warnings) = match Journal::open(options) {
         Ok(opened) => opened,
         Err(JournalError::Dir { source, .. })

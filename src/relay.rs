@@ -4,9 +4,19 @@
 use std::io::{self, Write};
 
 use crate::buffer::IoBuf;
-use crate::forward::ClientFraming;
 use crate::http::{ChunkedDecoder, ResponseFraming};
 use crate::stream::{write_all_vectored, Stream};
+
+/// How the response body is framed towards the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFraming {
+    /// As the upstream framed it: Content-Length, or no body.
+    AsIs,
+    /// Re-chunked by ServiceQ (HTTP/1.1 clients).
+    Chunked,
+    /// Delimited by closing the connection (HTTP/1.0 clients).
+    UntilClose,
+}
 
 /// Bytes read from an endpoint per system call while relaying.
 pub const RELAY_READ_BYTES: usize = 16 * 1024;

@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -20,11 +20,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::conn::Worker;
 use crate::error::{LogCode, Reply};
-use crate::linger::Lingerer;
 use crate::proxy::Proxy;
-use crate::queue::Replay;
+use crate::slots::{state, Accepted, Pool, ServeConnection};
 
 /// Worker threads run blocking code with shallow stacks; 256 KiB of address space each
 /// (touched pages only are resident) keeps 2048 workers cheap while leaving room for
@@ -34,273 +32,6 @@ pub const WORKER_STACK_BYTES: usize = 256 * 1024;
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// Pending connections the kernel queues before `accept`.
 const LISTEN_BACKLOG: i32 = 1024;
-/// How long a new connection may stay silent before its worker can be reclaimed. A
-/// client writes its request as soon as it is connected, so its first bytes reach us
-/// within microseconds of the accept (a round trip at most); a connection silent this
-/// long is a slow or idle client, and reclaiming it earlier would race clients that
-/// simply have not written yet.
-pub const FIRST_BYTE_GRACE_MS: u64 = 250;
-
-/// What a worker is doing, as the acceptor sees it.
-pub mod state {
-    pub const FREE: u8 = 0;
-    /// Reading or serving a request: not reclaimable.
-    pub const BUSY: u8 = 1;
-    /// Waiting between two requests on a keep-alive connection: reclaimable.
-    pub const IDLE: u8 = 2;
-    /// The acceptor closed this worker's idle connection and counts it as reserved.
-    pub const RECLAIMED: u8 = 3;
-    /// Waiting for the first byte of a new connection's first request: reclaimable
-    /// once a peek shows that nothing has arrived.
-    pub const FIRST: u8 = 4;
-    /// The acceptor is peeking at a `FIRST` connection; the worker waits for its verdict.
-    pub const CHECKING: u8 = 5;
-}
-
-/// The acceptor's view of one worker.
-pub struct WorkerSlot {
-    pub state: AtomicU8,
-    /// Milliseconds since start when the worker went idle (to reclaim the oldest).
-    idle_since: AtomicU64,
-    /// A handle on the worker's client socket, to shut it down on reclaim.
-    socket: Mutex<Option<TcpStream>>,
-}
-
-impl WorkerSlot {
-    fn new() -> Self {
-        WorkerSlot {
-            state: AtomicU8::new(state::FREE),
-            idle_since: AtomicU64::new(0),
-            socket: Mutex::new(None),
-        }
-    }
-
-    /// Called by the worker when it waits for a further request (`state::IDLE`) or,
-    /// on a plain connection, for the first one (`state::FIRST`). Returns false if the
-    /// connection was reclaimed meanwhile.
-    pub fn go_idle(&self, now_ms: u64, waiting: u8) -> bool {
-        self.idle_since.store(now_ms, Ordering::Relaxed);
-        self.state
-            .compare_exchange(state::BUSY, waiting, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-
-    /// Called by the worker when bytes of a request arrive. Returns false if the
-    /// acceptor reclaimed the connection first; the worker must then close it. While
-    /// the acceptor peeks at a new connection (`CHECKING`, a few microseconds with no
-    /// blocking call), the worker waits for the verdict: the peek sees the bytes that
-    /// woke the worker, so the acceptor gives the connection back.
-    pub fn go_busy(&self) -> bool {
-        loop {
-            match self.state.load(Ordering::Acquire) {
-                current @ (state::IDLE | state::FIRST) => {
-                    let swapped = self.state.compare_exchange(
-                        current,
-                        state::BUSY,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    );
-                    if swapped.is_ok() {
-                        return true;
-                    }
-                }
-                state::CHECKING => thread::yield_now(),
-                _ => return false,
-            }
-        }
-    }
-
-    /// Whether the client of a `FIRST` connection has sent nothing, by a peek that does
-    /// not block: bytes (or an error) mean a request is on its way.
-    fn is_silent(&self) -> bool {
-        match &*self.socket.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(sock) => is_silent_peek(crate::stream::peek_nonblocking(sock)),
-            None => false,
-        }
-    }
-
-    /// Shuts the worker's client socket down, which wakes its blocking read.
-    fn shutdown_socket(&self) {
-        if let Some(sock) = &*self.socket.lock().unwrap_or_else(|p| p.into_inner()) {
-            let _ = sock.shutdown(Shutdown::Both);
-        }
-    }
-
-    /// Takes this waiting connection for the acceptor. A keep-alive wait is taken as it
-    /// is (a request crossing the close is the usual keep-alive race). A new connection
-    /// is held in `CHECKING` while its socket is peeked: if bytes are there, it goes
-    /// back to `FIRST` and its worker, woken by them, proceeds.
-    fn claim(&self) -> Claim {
-        let cas = |from, to| {
-            self.state
-                .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        };
-        if cas(state::IDLE, state::RECLAIMED) {
-            return Claim::Taken;
-        }
-        if !cas(state::FIRST, state::CHECKING) {
-            return Claim::Lost;
-        }
-        if self.is_silent() {
-            self.state.store(state::RECLAIMED, Ordering::Release);
-            Claim::Taken
-        } else {
-            self.state.store(state::FIRST, Ordering::Release);
-            Claim::HasBytes
-        }
-    }
-
-    fn attach(&self, socket: Option<TcpStream>) {
-        *self.socket.lock().unwrap_or_else(|p| p.into_inner()) = socket;
-    }
-}
-
-/// What the acceptor got when it tried to take a waiting worker's connection.
-enum Claim {
-    Taken,
-    /// A new connection whose client has sent bytes: its request is on its way.
-    HasBytes,
-    /// The worker moved on first (its request arrived, or the connection ended).
-    Lost,
-}
-
-/// Whether a worker in `state`, waiting since `since_ms`, may lose its connection to a
-/// new client at `now_ms`: between two requests at once, on a new connection after
-/// `FIRST_BYTE_GRACE_MS` of silence.
-fn is_reclaimable(state: u8, since_ms: u64, now_ms: u64) -> bool {
-    match state {
-        state::IDLE => true,
-        state::FIRST => now_ms.saturating_sub(since_ms) >= FIRST_BYTE_GRACE_MS,
-        _ => false,
-    }
-}
-
-/// A non-blocking peek's verdict on a new connection: reclaimable when nothing has
-/// arrived (`WouldBlock`) or the client has closed (`Ok(0)`: nothing to lose). Bytes,
-/// or an error that says nothing, keep it.
-fn is_silent_peek(peek: io::Result<usize>) -> bool {
-    match peek {
-        Ok(n) => n == 0,
-        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
-    }
-}
-
-/// The shared accounting of workers and held requests.
-pub struct Pool {
-    pub slots: Vec<WorkerSlot>,
-    free: AtomicUsize,
-    held: AtomicUsize,
-    peak: usize,
-    started: Instant,
-}
-
-impl Pool {
-    fn new(peak: usize) -> Self {
-        Pool {
-            slots: (0..peak).map(|_| WorkerSlot::new()).collect(),
-            free: AtomicUsize::new(peak),
-            held: AtomicUsize::new(0),
-            peak,
-            started: Instant::now(),
-        }
-    }
-
-    pub fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
-    }
-
-    /// Takes one of the `CONCURRENCY_PEAK` request slots; false when all are held.
-    pub fn try_hold(&self) -> bool {
-        self.held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
-                (h < self.peak).then_some(h + 1)
-            })
-            .is_ok()
-    }
-
-    /// Requests queued without a client's slot (retried dead letters) hold one each
-    /// until delivered, like requests recovered at start-up (may pass the peak).
-    pub fn add_holds(&self, n: usize) {
-        self.held.fetch_add(n, Ordering::AcqRel);
-    }
-
-    pub fn release_hold(&self) {
-        self.held.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    pub fn held(&self) -> usize {
-        self.held.load(Ordering::Acquire)
-    }
-
-    pub fn busy_workers(&self) -> usize {
-        self.peak - self.free.load(Ordering::Acquire)
-    }
-
-    fn reserve_free_worker(&self) -> bool {
-        self.free
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| f.checked_sub(1))
-            .is_ok()
-    }
-
-    /// Closes the connection of the worker that has waited the longest without a
-    /// request and reserves that worker. A new connection is only taken when a peek,
-    /// made after claiming it, shows that its client has sent nothing: a request that
-    /// arrived before that instant is never dropped (see `claim`).
-    fn reclaim_idle_worker(&self) -> bool {
-        // Slots found to hold bytes after all, skipped for the rest of this search.
-        let mut skipped: Vec<usize> = Vec::new();
-        loop {
-            let now = self.now_ms();
-            let oldest = self
-                .slots
-                .iter()
-                .enumerate()
-                .filter(|(i, s)| {
-                    let since = s.idle_since.load(Ordering::Relaxed);
-                    is_reclaimable(s.state.load(Ordering::Acquire), since, now)
-                        && !skipped.contains(i)
-                })
-                .min_by_key(|(_, s)| s.idle_since.load(Ordering::Relaxed));
-            let Some((i, slot)) = oldest else {
-                return false;
-            };
-            match slot.claim() {
-                Claim::Taken => {
-                    slot.shutdown_socket();
-                    return true;
-                }
-                Claim::HasBytes => skipped.push(i),
-                Claim::Lost => {}
-            }
-        }
-    }
-
-    /// Shuts down every connection waiting between requests (used when stopping).
-    fn close_idle_connections(&self) {
-        for slot in &self.slots {
-            if slot.state.load(Ordering::Acquire) == state::IDLE {
-                slot.shutdown_socket();
-            }
-        }
-    }
-
-    /// A worker finished a connection: it is free again, unless the acceptor already
-    /// counted it as reserved when reclaiming it.
-    fn finish(&self, slot: &WorkerSlot) {
-        slot.attach(None);
-        if slot.state.swap(state::FREE, Ordering::AcqRel) != state::RECLAIMED {
-            self.free.fetch_add(1, Ordering::AcqRel);
-        }
-    }
-}
-
-/// A client connection on its way to a worker.
-pub struct Accepted {
-    pub stream: TcpStream,
-    pub peer: SocketAddr,
-}
-
 /// Connections on their way from the acceptor to the workers.
 ///
 /// The worker that went idle last gets the next connection (a stack, not a queue), so
@@ -403,32 +134,26 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// Starts the workers, the replay thread and the admin listener, then accepts
-/// connections on this thread until a stop (or the listener fails).
-pub fn run(
+/// Starts one worker per `CONCURRENCY_PEAK` slot — each makes its connection server
+/// with `new_worker`, on its own thread — then accepts connections on this thread until
+/// a stop (or the listener fails), and drains. The other threads (signals, replay,
+/// health checks, admin) are `main`'s to start.
+pub fn run<W: ServeConnection>(
     listener: TcpListener,
-    admin: Option<TcpListener>,
     proxy: Arc<Proxy>,
-    replay: Replay,
+    pool: Arc<Pool>,
+    new_worker: impl Fn() -> W + Send + Sync + 'static,
 ) -> Result<(), RunError> {
-    // Signals first: a signal that arrives before its handler is set would take its
-    // default action (SIGHUP and SIGUSR1 terminate).
-    crate::signals::spawn(Arc::clone(&proxy), listener.try_clone()?)?;
-    let pool = Arc::new(Pool::new(proxy.peak()));
-    // Requests recovered from the journal hold their slots like any queued request.
-    pool.held.fetch_add(proxy.queue.depth(), Ordering::AcqRel);
-    replay.start(Arc::clone(&proxy), Arc::clone(&pool))?;
-    crate::health::start(Arc::clone(&proxy))?;
-    if let Some(admin) = admin {
-        crate::admin::start(admin, Arc::clone(&proxy), Arc::clone(&pool))?;
-    }
     let handoff = Arc::new(Handoff::new(pool.slots.len()));
-    spawn_workers(&pool, &proxy, &handoff)?;
-    let tls_rejects = start_tls_rejecter(&proxy)?;
-    announce(&listener, &proxy)?;
+    spawn_workers(&pool, Arc::new(new_worker), &handoff)?;
+    let tls_rejects = start_tls_rejecter(&proxy).map_err(|source| RunError::Thread {
+        name: "tls-reject",
+        source,
+    })?;
+    announce(&listener, &proxy).map_err(RunError::Listener)?;
     let accepted = accept_loop(&listener, &pool, &proxy, &handoff, tls_rejects.as_ref());
     handoff.close();
-    accepted?;
+    accepted.map_err(RunError::Listener)?;
     drain(&pool, &proxy);
     Ok(())
 }
@@ -482,18 +207,20 @@ fn drain(pool: &Pool, proxy: &Proxy) {
     log::info!("stopped");
 }
 
-fn spawn_workers(
+fn spawn_workers<W: ServeConnection>(
     pool: &Arc<Pool>,
-    proxy: &Arc<Proxy>,
+    new_worker: Arc<impl Fn() -> W + Send + Sync + 'static>,
     handoff: &Arc<Handoff>,
 ) -> Result<(), RunError> {
     let wanted = pool.slots.len();
     for id in 0..wanted {
-        let (pool, proxy, handoff) = (Arc::clone(pool), Arc::clone(proxy), Arc::clone(handoff));
+        let (pool, handoff) = (Arc::clone(pool), Arc::clone(handoff));
+        let new_worker = Arc::clone(&new_worker);
         thread::Builder::new()
             .name(format!("worker-{id}"))
             .stack_size(WORKER_STACK_BYTES)
-            .spawn(move || worker_loop(id, &pool, &proxy, &handoff))
+            // The worker's buffers are made on its own thread, where they are used.
+            .spawn(move || worker_loop(id, &pool, new_worker(), &handoff))
             .map_err(|source| RunError::Workers {
                 wanted,
                 started: id,
@@ -503,7 +230,8 @@ fn spawn_workers(
     Ok(())
 }
 
-/// Why `run` stopped with an error.
+/// Why the proxy could not start, or stopped with an error. `main` alone turns these
+/// into text and an exit status.
 #[derive(Debug)]
 pub enum RunError {
     /// The host would not start CONCURRENCY_PEAK worker threads.
@@ -512,19 +240,38 @@ pub enum RunError {
         started: usize,
         source: io::Error,
     },
-    /// Starting a helper thread, or the listener, failed.
-    Io(io::Error),
+    /// A helper thread (signals, replay, health checks, admin, …) could not start.
+    Thread {
+        name: &'static str,
+        source: io::Error,
+    },
+    /// The listener failed (its address could not be read, or accepting failed for good).
+    Listener(io::Error),
 }
 
-impl From<io::Error> for RunError {
-    fn from(e: io::Error) -> Self {
-        RunError::Io(e)
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Workers {
+                wanted,
+                started,
+                source,
+            } => write!(
+                f,
+                "cannot start {wanted} worker threads (stopped at {started}: {source}); \
+                 lower CONCURRENCY_PEAK or raise the host's thread limits \
+                 (ulimit -u, kernel.threads-max, the service's TasksMax)"
+            ),
+            RunError::Thread { name, source } => {
+                write!(f, "cannot start the {name} thread: {source}")
+            }
+            RunError::Listener(source) => write!(f, "listener failed: {source}"),
+        }
     }
 }
 
-fn worker_loop(id: usize, pool: &Pool, proxy: &Arc<Proxy>, handoff: &Handoff) {
+fn worker_loop(id: usize, pool: &Pool, mut worker: impl ServeConnection, handoff: &Handoff) {
     let slot = &pool.slots[id];
-    let mut worker = Worker::new(Arc::clone(proxy));
     while let Some(accepted) = handoff.recv(id) {
         slot.state.store(state::BUSY, Ordering::Release);
         slot.attach(accepted.stream.try_clone().ok());
@@ -554,7 +301,7 @@ fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let has_worker =
-            pool.held() < pool.peak && (pool.reserve_free_worker() || pool.reclaim_idle_worker());
+            pool.held() < pool.peak() && (pool.reserve_free_worker() || pool.reclaim_idle_worker());
         if has_worker {
             handoff.send(Accepted { stream, peer });
         } else {
@@ -613,49 +360,10 @@ fn start_tls_rejecter(proxy: &Arc<Proxy>) -> io::Result<Option<Sender<TcpStream>
     Ok(Some(tx))
 }
 
-/// Handed to `Lingerer` by workers too.
-pub fn linger_after_reply(linger: &Lingerer, stream: TcpStream) {
-    let _ = stream.shutdown(Shutdown::Write);
-    linger.close(stream);
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{is_reclaimable, is_silent_peek, state, Accepted, Handoff, FIRST_BYTE_GRACE_MS};
-    use std::io;
+    use super::{Accepted, Handoff};
 
-    #[test]
-    fn waits_without_a_request_are_reclaimable_new_ones_after_the_grace() {
-        let g = FIRST_BYTE_GRACE_MS;
-        let cases = [
-            (state::IDLE, 100, 100, true),
-            (state::FIRST, 100, 100, false),
-            (state::FIRST, 100, 100 + g - 1, false),
-            (state::FIRST, 100, 100 + g, true),
-            (state::BUSY, 0, 10 * g, false),
-            (state::CHECKING, 0, 10 * g, false),
-            (state::RECLAIMED, 0, 10 * g, false),
-            (state::FREE, 0, 10 * g, false),
-        ];
-        for (st, since, now, want) in cases {
-            assert_eq!(is_reclaimable(st, since, now), want, "{st} {since} {now}");
-        }
-    }
-
-    #[test]
-    fn only_silence_or_a_close_makes_a_new_connection_reclaimable() {
-        let cases: Vec<(io::Result<usize>, bool)> = vec![
-            (Err(io::ErrorKind::WouldBlock.into()), true),
-            (Ok(0), true),
-            (Ok(1), false),
-            (Err(io::ErrorKind::ConnectionReset.into()), false),
-            (Err(io::ErrorKind::Interrupted.into()), false),
-        ];
-        for (peek, want) in cases {
-            let shown = format!("{peek:?}");
-            assert_eq!(is_silent_peek(peek), want, "{shown}");
-        }
-    }
     use std::net::{TcpListener, TcpStream};
     use std::sync::Arc;
     use std::time::{Duration, Instant};

@@ -115,8 +115,8 @@ impl Write for Stream {
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.write_vectored(bufs),
-            Stream::Tls(s) => s.write_vectored(bufs),
-            Stream::Served(s) => s.write_vectored(bufs),
+            Stream::Tls(s) => write_coalesced(s.as_mut(), bufs),
+            Stream::Served(s) => write_coalesced(s.as_mut(), bufs),
         }
     }
 
@@ -127,6 +127,33 @@ impl Write for Stream {
             Stream::Served(s) => s.flush(),
         }
     }
+}
+
+/// The most a TLS write gathers: one TLS record's worth of plaintext.
+const TLS_RECORD_BYTES: usize = 16 * 1024;
+
+/// A TLS stream has no gathering write (the default takes the first slice only), so a
+/// response head and its body would go out as two records and two system calls. Small
+/// slices are copied into one record's worth first, as nginx's output buffer does.
+fn write_coalesced(w: &mut impl Write, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    let mut parts = bufs.iter().filter(|b| !b.is_empty());
+    let Some(first) = parts.next() else {
+        return Ok(0);
+    };
+    if first.len() >= TLS_RECORD_BYTES || bufs.iter().filter(|b| !b.is_empty()).count() == 1 {
+        return w.write(first);
+    }
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    // Sized to what is sent (one small allocation), not a zeroed 16 KiB array.
+    let mut record = Vec::with_capacity(total.min(TLS_RECORD_BYTES));
+    for part in std::iter::once(first).chain(parts) {
+        let take = part.len().min(TLS_RECORD_BYTES - record.len());
+        record.extend_from_slice(&part[..take]);
+        if record.len() == TLS_RECORD_BYTES {
+            break;
+        }
+    }
+    w.write(&record)
 }
 
 /// Bounds every blocking read and write on `tcp` by `limit` (`None`: no bound).
@@ -194,6 +221,66 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    /// Counts write calls, taking everything offered.
+    struct Calls(Vec<Vec<u8>>);
+
+    impl Write for Calls {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.push(buf.to_vec());
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn tls_writes_gather_small_parts_into_one_record() {
+        let (head, body) = (vec![b'h'; 100], vec![b'b'; 64]);
+        let mut w = Calls(Vec::new());
+        let n = super::write_coalesced(
+            &mut w,
+            &[
+                io::IoSlice::new(&head),
+                io::IoSlice::new(&[]),
+                io::IoSlice::new(&body),
+            ],
+        )
+        .unwrap();
+        assert_eq!((n, w.0.len()), (164, 1));
+        assert_eq!(w.0[0], [head.clone(), body.clone()].concat());
+        // A part of a record or more goes alone; the gather stops at a record.
+        let big = vec![b'x'; 20_000];
+        let mut w = Calls(Vec::new());
+        assert_eq!(
+            super::write_coalesced(&mut w, &[io::IoSlice::new(&big), io::IoSlice::new(&body)])
+                .unwrap(),
+            20_000
+        );
+        let mut w = Calls(Vec::new());
+        let n = super::write_coalesced(&mut w, &[io::IoSlice::new(&head), io::IoSlice::new(&big)])
+            .unwrap();
+        assert_eq!(n, 16 * 1024);
+        assert_eq!(&w.0[0][..100], &head[..]);
+        // Through write_all_vectored every byte still arrives once, in order.
+        let mut w = Calls(Vec::new());
+        struct Gather<'a>(&'a mut Calls);
+        impl Write for Gather<'_> {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.write(buf)
+            }
+            fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+                super::write_coalesced(self.0, bufs)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        write_all_vectored(&mut Gather(&mut w), &[&head, &big, &body]).unwrap();
+        assert_eq!(w.0.concat(), [head, big, body].concat());
     }
 
     #[test]

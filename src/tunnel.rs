@@ -27,80 +27,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::error::is_timeout;
-use crate::http::headers::{self, connection_tokens, is_hop_by_hop, list_elements};
-use crate::http::{RequestHead, ResponseHead, Version};
 use crate::metrics::{inc, METRICS};
-use crate::proxy::CustomHeaders;
 use crate::stream::Stream;
 
 /// Bytes copied per read, per direction.
 const TUNNEL_READ_BYTES: usize = 16 * 1024;
 /// Stack of the second copying thread (its buffer is on the heap).
 const PUMP_STACK_BYTES: usize = 64 * 1024;
-
-// ---------------------------------------------------------------------------
-// The handshake: pure
-
-/// The `Upgrade` value to forward for `head`, if it asks to switch protocols: an
-/// HTTP/1.1 request (RFC 9110 §7.8: an Upgrade in HTTP/1.0 is ignored) whose
-/// `Connection` lists `upgrade`, with the protocols of its `Upgrade` fields less `h2c`.
-/// `None`: forward it as an ordinary request, without either field.
-pub fn offered_upgrade(head: &RequestHead) -> Option<Vec<u8>> {
-    if head.version != Version::Http11 || !connection_tokens(&head.headers).contains("upgrade") {
-        return None;
-    }
-    let mut value = Vec::new();
-    let offered = headers::named(&head.headers, "upgrade").flat_map(|h| list_elements(&h.value));
-    for protocol in offered.filter(|p| !is_h2c(p)) {
-        if !value.is_empty() {
-            value.extend_from_slice(b", ");
-        }
-        value.extend_from_slice(protocol);
-    }
-    (!value.is_empty()).then_some(value)
-}
-
-/// HTTP/2 over cleartext (RFC 7540 §3.2, removed by RFC 9113): refused, so the
-/// connection stays HTTP/1.1.
-fn is_h2c(protocol: &[u8]) -> bool {
-    let name = protocol.split(|&b| b == b'/').next().unwrap_or_default();
-    name.eq_ignore_ascii_case(b"h2c")
-}
-
-/// Whether a 101 from an endpoint may be relayed: the request offered an upgrade and
-/// the 101 names the protocol switched to (RFC 9110 §15.2.2: it must).
-pub fn accepts_switch(offered: bool, resp: &ResponseHead) -> bool {
-    offered && headers::find(&resp.headers, "upgrade").is_some_and(|h| !h.value.is_empty())
-}
-
-/// The 101 for the client: the endpoint's status line and end-to-end fields, the custom
-/// response headers, then `Connection: upgrade` and the endpoint's `Upgrade`.
-pub fn switching_protocols_head(resp: &ResponseHead, custom: &CustomHeaders, out: &mut Vec<u8>) {
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 101 ");
-    out.extend_from_slice(resp.reason.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    let tokens = connection_tokens(&resp.headers);
-    for h in &resp.headers {
-        let framing = h.name.eq_ignore_ascii_case("content-length");
-        if framing || is_hop_by_hop(&h.name, &tokens) || custom.replaces(&h.name) {
-            continue;
-        }
-        push_field(out, h.name.as_bytes(), &h.value);
-    }
-    out.extend_from_slice(&custom.rendered);
-    out.extend_from_slice(b"Connection: upgrade\r\n");
-    if let Some(upgrade) = headers::find(&resp.headers, "upgrade") {
-        push_field(out, b"Upgrade", &upgrade.value);
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
-fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    for part in [name, b": ", value, b"\r\n"] {
-        out.extend_from_slice(part);
-    }
-}
 
 // ---------------------------------------------------------------------------
 // The tunnel: I/O
@@ -338,7 +271,10 @@ impl<'s> End<'s> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::forward::{switching_protocols_head, CustomHeaders};
+    use crate::http::upgrade::{accepts_switch, offered_upgrade};
     use crate::http::{BodyFraming, Header, ResponseFraming};
+    use crate::http::{RequestHead, ResponseHead, Version};
     use std::net::TcpListener;
 
     fn h(name: &str, value: &str) -> Header {

@@ -50,7 +50,7 @@ pub struct Upstream {
     /// Failed attempts by `LogCode` (in `FAILURE_CODES` order), for /metrics.
     pub failures: [AtomicU64; 4],
     /// What the active health checks say of it (`health.rs`).
-    pub health: crate::health::EndpointHealth,
+    pub health: crate::checks::EndpointHealth,
 }
 
 /// The failure codes counted per endpoint, in the order of `Upstream::failures`.
@@ -71,7 +71,7 @@ impl Upstream {
             idle: Mutex::new(Vec::new()),
             attempts: AtomicU64::new(0),
             failures: [const { AtomicU64::new(0) }; 4],
-            health: crate::health::EndpointHealth::default(),
+            health: crate::checks::EndpointHealth::default(),
         }
     }
 
@@ -175,7 +175,7 @@ pub struct OutgoingRequest<'a> {
     pub headers: &'a [u8],
     /// In memory, or partly in a temporary file, which is streamed after the rest.
     pub body: &'a Body,
-    /// It offers to switch protocols (`tunnel::offered_upgrade`): a 101 is its answer.
+    /// It offers to switch protocols (`http::upgrade::offered_upgrade`): a 101 is its answer.
     pub upgrade: bool,
 }
 
@@ -443,7 +443,8 @@ fn read_response_head(
             match parse_response_into(buf.filled(), &RESPONSE_LIMITS, req.method, head) {
                 Ok(Some(len)) => {
                     buf.consume(len);
-                    if head.status == 101 && crate::tunnel::accepts_switch(req.upgrade, head) {
+                    if head.status == 101 && crate::http::upgrade::accepts_switch(req.upgrade, head)
+                    {
                         // The final answer to an upgrade: the bytes after it are the
                         // new protocol's (`tunnel.rs`).
                         return Ok(());
@@ -494,7 +495,12 @@ fn read_early_response(
     if crate::error::is_timeout(&write_error) {
         return Err(Failure::Attempt(AttemptError::Timeout));
     }
-    match read_response_head(conn, buf, req, head) {
+    // A request cut short switches nothing: a 101 here is not relayed as one.
+    let cut_short = OutgoingRequest {
+        upgrade: false,
+        ..*req
+    };
+    match read_response_head(conn, buf, &cut_short, head) {
         Ok(()) => {
             head.keep_alive = false;
             Ok(())

@@ -313,3 +313,30 @@ fn before_the_first_certificate_handshakes_fail_cleanly_and_status_says_why() {
         Some(format!("https://sq.test:{}/a?b", sq.port()).as_str())
     );
 }
+
+#[test]
+fn unreadable_acme_ca_file_and_busy_http_port_are_start_errors() {
+    let dir = TempDir::new("acme-conf");
+    let missing = dir.join("missing-ca.pem");
+    let body = tls_body(&format!(
+        "SSL_ENABLE=true\nSSL_AUTO_ENABLE=true\nSSL_AUTO_DOMAINS=sq.test\n\
+         SSL_AUTO_CACHE_DIR={{dir}}/acme\nSSL_AUTO_CA_FILE={}\n",
+        missing.display()
+    ));
+    expect_start_failure(&body, "a missing SSL_AUTO_CA_FILE", |last| {
+        assert!(last.contains("SSL_AUTO_CA_FILE: cannot read"), "{last:?}");
+    });
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let body = tls_body(&format!(
+        "SSL_ENABLE=true\nSSL_AUTO_ENABLE=true\nSSL_AUTO_DOMAINS=sq.test\n\
+         SSL_AUTO_CACHE_DIR={{dir}}/acme\nSSL_AUTO_HTTP_PORT={port}\n"
+    ));
+    let ran = run_check(&body, &[]);
+    assert_eq!(ran.code(), Some(1), "{}", ran.describe());
+    let last = ran.last_stderr_line();
+    assert!(
+        last.contains("SSL_AUTO_HTTP_PORT: cannot listen on"),
+        "{last:?}"
+    );
+}

@@ -355,6 +355,19 @@ fn http_1_2_gets_505() {
     assert_eq!(u.request_count(), 0);
 }
 
+/// A peak of 2 with a long CLIENT_HEADER_TIMEOUT (30 s), and an admin listener to see
+/// the connections taken.
+fn start_peak_of_two(u: &Upstream) -> (ServiceQ, std::net::SocketAddr) {
+    let admin_port = refusing_port();
+    let sq = conf(u)
+        .set("CONCURRENCY_PEAK", "2")
+        .set("CLIENT_HEADER_TIMEOUT", "30")
+        .set("ADMIN_PORT", &admin_port.to_string())
+        .start();
+    assert!(wait_for_port(admin_port, Duration::from_secs(5)));
+    (sq, format!("127.0.0.1:{admin_port}").parse().unwrap())
+}
+
 /// Waits until /metrics on `admin` shows `n` client connections open.
 fn wait_connections_active(admin: std::net::SocketAddr, n: usize) -> bool {
     let want = format!("\nserviceq_connections_active {n}\n");
@@ -369,14 +382,7 @@ fn silent_new_connections_are_reclaimed_before_429() {
     // request, so a real client must be served (not refused with 429 for as long as
     // CLIENT_HEADER_TIMEOUT lasts).
     let u = Upstream::start(Behaviour::Ok);
-    let admin_port = refusing_port();
-    let sq = conf(&u)
-        .set("CONCURRENCY_PEAK", "2")
-        .set("CLIENT_HEADER_TIMEOUT", "30")
-        .set("ADMIN_PORT", &admin_port.to_string())
-        .start();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    assert!(wait_for_port(admin_port, Duration::from_secs(5)));
+    let (sq, admin) = start_peak_of_two(&u);
     let mut silent: Vec<Client> = (0..2).map(|_| Client::connect(sq.addr())).collect();
     assert!(
         wait_connections_active(admin, 2),
@@ -408,14 +414,7 @@ fn new_connection_whose_request_started_is_not_reclaimed() {
     // never reclaimed, so with both workers on such connections a third client gets 429,
     // and the two started requests are served when they complete.
     let u = Upstream::start(Behaviour::Ok);
-    let admin_port = refusing_port();
-    let sq = conf(&u)
-        .set("CONCURRENCY_PEAK", "2")
-        .set("CLIENT_HEADER_TIMEOUT", "30")
-        .set("ADMIN_PORT", &admin_port.to_string())
-        .start();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    assert!(wait_for_port(admin_port, Duration::from_secs(5)));
+    let (sq, admin) = start_peak_of_two(&u);
     let mut started: Vec<Client> = (0..2)
         .map(|i| {
             let mut c = Client::connect(sq.addr());

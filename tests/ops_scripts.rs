@@ -19,26 +19,33 @@ use support::*;
 /// The longest `make` may spend on a release build that is not up to date yet.
 const MAKE_BUILD_SECS: u64 = 900;
 
-fn run_script(script: &str, args: &[&str], limit_secs: u32) {
+/// Runs `argv` in the repository under timeout(1), `limit_secs` at most; panics with
+/// its output unless it succeeds. `serviceq_bin`: the SERVICEQ_BIN it gets, if any.
+fn run_in_repo(argv: &[&str], limit_secs: u64, serviceq_bin: Option<&str>) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("timeout")
-        .arg("-k")
-        .arg("10")
-        .arg(limit_secs.to_string())
-        .arg(root.join(script))
-        .args(args)
+    let mut cmd = Command::new("timeout");
+    cmd.args(["-k", "10", &limit_secs.to_string()])
+        .args(argv)
         .current_dir(root)
-        // The binary under test: the scripts then run no cargo of their own.
-        .env("SERVICEQ_BIN", env!("CARGO_BIN_EXE_serviceq"))
-        .output()
-        .expect("run timeout(1)");
+        .env_remove("SERVICEQ_BIN");
+    if let Some(bin) = serviceq_bin {
+        cmd.env("SERVICEQ_BIN", bin);
+    }
+    let out = cmd.output().expect("run timeout(1)");
     assert!(
         out.status.success(),
-        "{script} failed ({:?}; 124 = timed out after {limit_secs} s)\n--- stdout\n{}\n--- stderr\n{}",
+        "{argv:?} failed ({:?}; 124 = timed out after {limit_secs} s)\n--- stdout\n{}\n--- stderr\n{}",
         out.status.code(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
+}
+
+/// A script against the binary under test: it then runs no cargo of its own.
+fn run_script(script: &str, args: &[&str], limit_secs: u64) {
+    let mut argv = vec![script];
+    argv.extend_from_slice(args);
+    run_in_repo(&argv, limit_secs, Some(env!("CARGO_BIN_EXE_serviceq")));
 }
 
 #[test]
@@ -50,26 +57,7 @@ fn install_and_init_script_cycle() {
 /// `SERVICEQ_BIN`, which the tour must resolve before it changes directory.
 #[test]
 fn make_demo() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("timeout")
-        .args([
-            "-k",
-            "10",
-            &(MAKE_BUILD_SECS + 60).to_string(),
-            "make",
-            "demo",
-        ])
-        .current_dir(root)
-        .env_remove("SERVICEQ_BIN")
-        .output()
-        .expect("run timeout(1)");
-    assert!(
-        out.status.success(),
-        "make demo failed ({:?}; 124 = timed out)\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
+    run_in_repo(&["make", "demo"], MAKE_BUILD_SECS + 60, None);
 }
 
 /// `make run` (README "Set-up") serves a configuration: `CONFIG=path` picks the file, as

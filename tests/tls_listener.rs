@@ -12,7 +12,7 @@ mod support;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -57,20 +57,30 @@ fn s_client(port: u16, flags: &[&str], input: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn start_tls(u: &Upstream, dir: &Path) -> (ServiceQ, std::path::PathBuf) {
-    let (cert, key) = make_cert(dir, "listener");
+/// A TLS listener with a fresh certificate in front of an upstream that answers.
+struct Setup {
+    dir: TempDir,
+    u: Upstream,
+    sq: ServiceQ,
+    cert: PathBuf,
+}
+
+/// None (the test skips, saying why) when openssl or curl is missing.
+fn setup() -> Option<Setup> {
+    if !have_openssl_and_curl() {
+        return None;
+    }
+    let dir = TempDir::new("tls");
+    let u = Upstream::start(Behaviour::Ok);
+    let (cert, key) = make_cert(dir.path(), "listener");
     let sq = tls_conf(&u.url(), &cert, &key).start();
-    (sq, cert)
+    Some(Setup { dir, u, sq, cert })
 }
 
 #[test]
 fn tls_1_3_and_1_2_with_s_client_and_curl() {
-    if !have_openssl_and_curl() {
-        return;
-    }
-    let dir = TempDir::new("tls");
-    let u = Upstream::start(Behaviour::Ok);
-    let (sq, cert) = start_tls(&u, dir.path());
+    let Some(t) = setup() else { return };
+    let (sq, u, cert) = (&t.sq, &t.u, &t.cert);
     let (ok, text) = s_client(sq.port(), &["-brief", "-tls1_3"], "");
     assert!(ok && text.contains("Protocol version: TLSv1.3"), "{text}");
     // TLS 1.2: an ECDHE AES-GCM suite for a client with OpenSSL's defaults; the
@@ -108,7 +118,7 @@ fn tls_1_3_and_1_2_with_s_client_and_curl() {
     ] {
         let mut args = vec!["-v"];
         args.extend(flags);
-        let out = curl(&cert, &args, &[https_url(&sq, "/v")]);
+        let out = curl(cert, &args, &[https_url(sq, "/v")]);
         assert_curl_ok(&out);
         let log = String::from_utf8_lossy(&out.stderr);
         assert!(log.contains(want), "{flags:?}: {log}");
@@ -118,16 +128,12 @@ fn tls_1_3_and_1_2_with_s_client_and_curl() {
 
 #[test]
 fn alpn_answers_http_1_1_and_refuses_h2_only_clients() {
-    if !have_openssl_and_curl() {
-        return;
-    }
-    let dir = TempDir::new("tls");
-    let u = Upstream::start(Behaviour::Ok);
-    let (sq, cert) = start_tls(&u, dir.path());
+    let Some(t) = setup() else { return };
+    let (sq, u, cert) = (&t.sq, &t.u, &t.cert);
     let (ok, text) = s_client(sq.port(), &["-alpn", "h2,http/1.1"], "");
     assert!(ok && text.contains("ALPN protocol: http/1.1"), "{text}");
     // curl offers h2 and http/1.1, and must settle on HTTP/1.1.
-    let out = curl(&cert, &["-v", "--http2"], &[https_url(&sq, "/alpn")]);
+    let out = curl(cert, &["-v", "--http2"], &[https_url(sq, "/alpn")]);
     assert_curl_ok(&out);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("ALPN: server accepted http/1.1"), "{log}");
@@ -137,23 +143,23 @@ fn alpn_answers_http_1_1_and_refuses_h2_only_clients() {
     assert!(!ok, "an h2-only client got in:\n{text}");
     assert!(text.contains("no application protocol"), "{text}");
     // The listener still serves afterwards.
-    let out = curl(&cert, &[], &[https_url(&sq, "/after")]);
+    let out = curl(cert, &[], &[https_url(sq, "/after")]);
     assert_curl_ok(&out);
 }
 
 #[test]
 fn sessions_resume() {
-    if !have_openssl() {
+    let Some(Setup { dir, u: _u, sq, .. }) = setup() else {
         return;
-    }
-    let dir = TempDir::new("tls");
-    let u = Upstream::start(Behaviour::Ok);
-    let (sq, _cert) = start_tls(&u, dir.path());
+    };
     let sess = dir.join("session.pem");
     let sess = sess.display().to_string();
     for version in ["-tls1_3", "-tls1_2"] {
         let request = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-        let (ok, text) = s_client(sq.port(), &[version, "-sess_out", &sess], request);
+        // -ign_eof: read until the server closes (Connection: close), so the session
+        // (TLS 1.3 tickets come after the handshake) is in before s_client writes it.
+        let flags = [version, "-ign_eof", "-sess_out", &sess];
+        let (ok, text) = s_client(sq.port(), &flags, request);
         assert!(ok, "{version}: {text}");
         let (ok, text) = s_client(sq.port(), &[version, "-sess_in", &sess], "");
         assert!(ok && text.contains("Reused"), "{version}: {text}");
@@ -343,4 +349,31 @@ fn sighup_swaps_the_certificate_and_keeps_open_connections() {
         sq.stderr()
     );
     assert_eq!(served_cert(&tls_connect(&sq)), der_of(&new_cert));
+}
+
+/// Two requests in one TLS write (one record): OpenSSL reads ahead, and the second
+/// request must still be answered from what it buffered, not wait on the socket.
+#[test]
+fn pipelined_requests_in_one_record_are_both_answered() {
+    let Some(Setup {
+        dir: _dir, u, sq, ..
+    }) = setup()
+    else {
+        return;
+    };
+    let mut tls = tls_connect(&sq);
+    let two = "GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n";
+    tls.write_all(two.as_bytes()).expect("write");
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.matches("HTTP/1.1 200").count() < 2 && Instant::now() < deadline {
+        match tls.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    assert_eq!(got.matches("HTTP/1.1 200").count(), 2, "{got}");
+    let targets: Vec<String> = u.requests().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(targets, ["/1", "/2"]);
 }

@@ -30,7 +30,8 @@ pub fn answer(head: &[u8], challenges: &Challenges, https_port: u16) -> Vec<u8> 
     };
     if let Some(token) = path.strip_prefix(PREFIX) {
         return match challenges.lookup(token) {
-            Some(key_auth) if method == "GET" || method == "HEAD" => {
+            // RFC 8555 §8.3: the server validates with a GET.
+            Some(key_auth) if method == "GET" => {
                 reply("200 OK", "application/octet-stream", &key_auth, None)
             }
             _ => reply("404 Not Found", "text/plain", "no such challenge\n", None),

@@ -79,14 +79,9 @@ pub fn retry_in(failures: u32) -> Duration {
 }
 
 /// Binds SSL_AUTO_HTTP_PORT (at start, so that a port in use is a start-up error).
-pub fn bind(cfg: &Config) -> Result<Option<TcpListener>, String> {
-    if !(cfg.ssl_enable && cfg.ssl_auto_enable) {
-        return Ok(None);
-    }
+pub fn bind(cfg: &Config) -> Result<TcpListener, String> {
     let addr = SocketAddr::new(cfg.listener_address, cfg.ssl_auto_http_port);
-    crate::server::bind(addr)
-        .map(Some)
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+    crate::server::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
 /// What the manager thread needs from the configuration (read once: SSL_AUTO_* need a
@@ -99,7 +94,11 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_config(cfg: &Config) -> Result<Settings, String> {
+    /// None unless SSL_ENABLE and SSL_AUTO_ENABLE are both true.
+    pub fn from_config(cfg: &Config) -> Result<Option<Settings>, String> {
+        if !(cfg.ssl_enable && cfg.ssl_auto_enable) {
+            return Ok(None);
+        }
         let mut tls = TlsConnector::builder();
         tls.min_protocol_version(Some(native_tls::Protocol::Tlsv12));
         if let Some(ca) = &cfg.ssl_auto_ca_file {
@@ -115,7 +114,7 @@ impl Settings {
         let tls = tls
             .build()
             .map_err(|e| format!("TLS client set-up failed: {e}"))?;
-        Ok(Settings {
+        Ok(Some(Settings {
             domains: cfg.ssl_auto_domains.clone(),
             directory_url: cfg.ssl_auto_directory_url.clone(),
             cache_dir: cfg.ssl_auto_cache_dir.clone(),
@@ -123,7 +122,7 @@ impl Settings {
                 tls,
                 timeout: REQUEST_TIMEOUT,
             },
-        })
+        }))
     }
 }
 

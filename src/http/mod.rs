@@ -10,6 +10,7 @@
 pub mod chunked;
 pub mod head;
 pub mod headers;
+pub mod upgrade;
 
 pub use chunked::{ChunkError, ChunkedDecoder, Decoded};
 pub use head::{

@@ -93,7 +93,7 @@ impl Backend for JournalBackend {
             log::error!(
                 "{}: cannot journal {} {}: {e}",
                 self.journal.dir().display(),
-                req.method,
+                escaped(&req.method),
                 escaped(&req.target)
             );
             PushError::Journal(e)
@@ -159,9 +159,9 @@ impl Backend for JournalBackend {
         match self.journal.dead_letter_because(d.id, reason) {
             Ok(()) => log::warn!(
                 "{} {} (X-Request-Id {}) queued {waited:.1?}: moved to the dead-letter file",
-                d.req.method,
+                escaped(&d.req.method),
                 escaped(&d.req.target),
-                d.req.request_id
+                escaped(&d.req.request_id)
             ),
             Err(e) => log::error!(
                 "{}: cannot dead-letter record {}: {e}",

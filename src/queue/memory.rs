@@ -165,7 +165,7 @@ impl Backend for MemoryBackend {
     fn dead_letter_because(&self, d: &Delivery, reason: &str) {
         log::warn!(
             "{} {} (X-Request-Id {}) queued {:.1?}: kept in memory as a dead letter ({reason}; lost at a stop)",
-            d.req.method,
+            escaped(&d.req.method),
             escaped(&d.req.target),
             escaped(&d.req.request_id),
             d.req.queued_at.elapsed()

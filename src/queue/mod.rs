@@ -31,7 +31,7 @@ pub mod memory;
 pub mod ops;
 pub mod replay;
 
-pub use replay::{Replay, REPLAY_PAUSE_MAX, REPLAY_PAUSE_MIN};
+pub use replay::{Replay, ReplayContext, REPLAY_PAUSE_MAX, REPLAY_PAUSE_MIN};
 
 /// Everything needed to send a request again: the upstream request exactly as the
 /// first attempt would have sent it (request line, headers with `X-Request-Id` and the

@@ -9,15 +9,17 @@ use std::thread;
 use std::time::Duration;
 
 use super::{Backend, Delivery};
+use crate::attempt::{Scratch, Settings};
 use crate::buffer::IoBuf;
 use crate::error::AttemptError;
-use crate::forward::ClientFraming;
 use crate::logging::escaped;
+use crate::logging::ErrorLog;
 use crate::metrics::{inc, METRICS};
-use crate::proxy::{Proxy, Scratch};
+use crate::relay::ClientFraming;
 use crate::relay::{relay_body, RelayEnd, Sink, RELAY_READ_BYTES};
-use crate::server::Pool;
+use crate::slots::Pool;
 use crate::upstream::OutgoingRequest;
+use crate::wakeup::Wakeup;
 
 /// First pause after a replay try found every endpoint down (SPEC §5) …
 pub const REPLAY_PAUSE_MIN: Duration = Duration::from_millis(500);
@@ -25,6 +27,16 @@ pub const REPLAY_PAUSE_MIN: Duration = Duration::from_millis(500);
 pub const REPLAY_PAUSE_MAX: Duration = Duration::from_secs(5);
 /// How long the loop waits for a head before it looks at the stop flag again.
 const IDLE_WAIT: Duration = Duration::from_millis(500);
+
+/// What the replay loop needs from the process, and no more: the settings snapshot the
+/// attempt sequence runs on, the error log, whether a stop began, and the wake-up a
+/// health check rings when an endpoint comes back. `Proxy` provides it.
+pub trait ReplayContext: Send + Sync + 'static {
+    fn settings(&self) -> Arc<Settings>;
+    fn errlog(&self) -> &ErrorLog;
+    fn stopping(&self) -> bool;
+    fn wakeup(&self) -> &Wakeup;
+}
 
 /// The consumer side, handed to the replay thread.
 pub struct Replay {
@@ -38,13 +50,17 @@ impl Replay {
     }
 
     /// Starts the replay thread.
-    pub fn start(self, proxy: Arc<Proxy>, pool: Arc<Pool>) -> io::Result<thread::JoinHandle<()>> {
+    pub fn start<C: ReplayContext>(
+        self,
+        proxy: Arc<C>,
+        pool: Arc<Pool>,
+    ) -> io::Result<thread::JoinHandle<()>> {
         thread::Builder::new()
             .name("replay".into())
-            .spawn(move || self.run(&proxy, &pool))
+            .spawn(move || self.run(&*proxy, &pool))
     }
 
-    fn run(self, proxy: &Proxy, pool: &Pool) {
+    fn run(self, proxy: &dyn ReplayContext, pool: &Pool) {
         let mut buf = IoBuf::with_capacity(RELAY_READ_BYTES);
         let mut scratch = Scratch::new();
         while !proxy.stopping() {
@@ -65,7 +81,7 @@ impl Replay {
     /// head stays queued).
     fn deliver_head(
         &self,
-        proxy: &Proxy,
+        proxy: &dyn ReplayContext,
         head: &Delivery,
         buf: &mut IoBuf,
         scratch: &mut Scratch,
@@ -88,9 +104,9 @@ impl Replay {
                     self.backend.ack(head);
                     log::info!(
                         "replayed {} {} (X-Request-Id {}): {status} from {endpoint} after {:.1?} queued; {} left",
-                        req.method,
+                        escaped(&req.method),
                         escaped(&req.target),
-                        req.request_id,
+                        escaped(&req.request_id),
                         req.queued_at.elapsed(),
                         self.backend.depth()
                     );
@@ -99,14 +115,14 @@ impl Replay {
                 Err(e) => {
                     log::warn!(
                         "replay of {} {} failed ({e}); next try in {pause:?}",
-                        req.method,
+                        escaped(&req.method),
                         escaped(&req.target)
                     );
                     if proxy.stopping() {
                         return false;
                     }
                     // A health check seeing an endpoint back ends the pause at once.
-                    pause = match proxy.replay_wakeup.sleep(pause) {
+                    pause = match proxy.wakeup().sleep(pause) {
                         true => REPLAY_PAUSE_MIN,
                         false => (pause * 2).min(REPLAY_PAUSE_MAX),
                     };
@@ -136,7 +152,7 @@ impl Replay {
 /// One SPEC §4 sequence for a queued request. The response body is read to the end and
 /// discarded (nobody waits for it), so the connection can be reused.
 fn deliver(
-    proxy: &Proxy,
+    proxy: &dyn ReplayContext,
     head: &Delivery,
     buf: &mut IoBuf,
     scratch: &mut Scratch,
@@ -150,7 +166,7 @@ fn deliver(
         upgrade: false,
     };
     let settings = proxy.settings();
-    let (idx, mut exchange) = settings.try_endpoints(&proxy.errlog, &out, buf, scratch)?;
+    let (idx, mut exchange) = settings.try_endpoints(proxy.errlog(), &out, buf, scratch)?;
     let endpoint = settings.upstreams.list[idx].label.clone();
     let mut discard = io::sink();
     let mut gathered = Vec::new();

@@ -2234,7 +2234,8 @@ mod tests {
     /// unset by default show an example value instead and are skipped.
     #[test]
     fn example_commented_defaults_match_the_code() {
-        const UNSET_BY_DEFAULT: [&str; 7] = [
+        const UNSET_BY_DEFAULT: [&str; 8] = [
+            "ADMIN_TOKEN_FILE",
             "SSL_CERTIFICATE_FILE",
             "SSL_AUTO_DOMAINS",
             "SSL_AUTO_CA_FILE",

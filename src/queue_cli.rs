@@ -46,7 +46,11 @@ struct Cli {
 
 /// Runs `serviceq queue ARGS…`; what to print, or the error line.
 pub fn run(args: impl Iterator<Item = String>, default_config: &str) -> Result<String, String> {
-    let cli = parse(args)?;
+    let args: Vec<String> = args.collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        return Ok(USAGE.to_string());
+    }
+    let cli = parse(args.into_iter())?;
     let path = cli
         .config
         .clone()
@@ -83,7 +87,6 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Cli, String> {
                     .parse()
                     .map_err(|_| usage(format!("--limit {n:?}: not a number")))?;
             }
-            "-h" | "--help" => return Err(USAGE.to_string()),
             a if a.starts_with("--config=") => config = Some(PathBuf::from(&a[9..])),
             a if a.starts_with('-') => return Err(usage(format!("unknown option {a:?}"))),
             id => ids.push(id.to_string()),

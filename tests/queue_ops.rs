@@ -164,7 +164,7 @@ fn list_show_and_drop_online_and_offline_and_a_drop_survives_a_restart() {
     let secrets = TempDir::new("ops-secret");
     let mut u = down_upstream(Behaviour::Echo);
     let body = ops_conf(&u, journal.path(), &token_file(&secrets)).body();
-    let (sq, _admin) = start(&body);
+    let (sq, admin) = start(&body);
     buffer(&sq, "q", 4);
     let config = kept_config(&sq, &secrets);
 
@@ -184,6 +184,13 @@ fn list_show_and_drop_online_and_offline_and_a_drop_survives_a_restart() {
             serde_json::from_str(&queue_ok(&config, &["list", "--json"])).unwrap();
         v[0]["attempts"].as_u64() >= Some(1) && v[1]["attempts"].as_u64() == Some(0)
     }));
+
+    let status = get(admin, "/status").body_str();
+    assert!(
+        status.contains("<tr><td>q-1</td><td>POST</td><td>/q/1</td><td>"),
+        "/status lists the oldest queued: {status}"
+    );
+    assert!(status.contains("Dead letters: <b>0</b>"), "{status}");
 
     let shown = queue_ok(&config, &["show", "q-2"]);
     assert!(

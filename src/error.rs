@@ -216,6 +216,8 @@ pub fn is_timeout(e: &io::Error) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogCode {
     Flooded,
+    /// An admin API request that changes the queue came without the right token.
+    AdminUnauthorized,
     UpstreamDown,
     UpstreamTimedOut,
     UpstreamNoResponse,
@@ -235,6 +237,7 @@ impl LogCode {
     pub fn number(self) -> u16 {
         match self {
             LogCode::Flooded => 601,
+            LogCode::AdminUnauthorized => 602,
             LogCode::UpstreamDown => 701,
             LogCode::UpstreamTimedOut
             | LogCode::UpstreamNoResponse
@@ -252,6 +255,7 @@ impl LogCode {
     pub fn name(self) -> &'static str {
         match self {
             LogCode::Flooded => "SERVICEQ_FLOODED",
+            LogCode::AdminUnauthorized => "ADMIN_UNAUTHORIZED",
             LogCode::UpstreamDown => "UPSTREAM_DOWN",
             LogCode::UpstreamTimedOut => "UPSTREAM_TIMED_OUT",
             LogCode::UpstreamNoResponse => "UPSTREAM_NO_RESPONSE",

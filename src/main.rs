@@ -1,4 +1,5 @@
-//! `serviceq [-c|--config PATH] [--check] [--version] [--help]`
+//! `serviceq [-c|--config PATH] [--check] [--version] [--help]`, and
+//! `serviceq queue …` (operating the queue: `serviceq::queue_cli`).
 //!
 //! Reads the configuration, opens the logs, binds the listener and hands over to
 //! `server::run`. This is the only place where errors become exit codes: every start-up
@@ -31,6 +32,7 @@ const DEFAULT_CONFIG: &str = "/opt/serviceq/config/sq.properties";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const USAGE: &str = "\
 usage: serviceq [-c|--config PATH] [--check] [--version] [--help]
+       serviceq queue list|show|retry-dead|drop|purge … (serviceq queue --help)
 
   -c, --config PATH   configuration file (default: $SQ_CONFIG, else
                       /opt/serviceq/config/sq.properties)
@@ -61,6 +63,12 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), String> {
+    if std::env::args().nth(1).as_deref() == Some("queue") {
+        // `serviceq queue …` (src/queue_cli.rs): operating the queue, not serving.
+        let out = serviceq::queue_cli::run(std::env::args().skip(2), DEFAULT_CONFIG)?;
+        println!("{out}");
+        return Ok(());
+    }
     let args = match parse_args(std::env::args().skip(1))? {
         Command::Print(text) => {
             println!("{text}");
@@ -392,6 +400,10 @@ fn check_journal_dir(cfg: &Config) -> Result<(), String> {
 fn bind_admin(cfg: &Config) -> Result<Option<TcpListener>, String> {
     if cfg.admin_port == 0 {
         return Ok(None);
+    }
+    if let Some(path) = &cfg.admin_token_file {
+        serviceq::admin_queue::load_token(path)
+            .map_err(|e| startup_error(cfg, "ADMIN_TOKEN_FILE", e))?;
     }
     let addr = SocketAddr::new(cfg.admin_address, cfg.admin_port);
     let listener = server::bind(addr)

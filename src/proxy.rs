@@ -262,6 +262,10 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         ),
         ("ADMIN_ADDRESS", old.admin_address != new.admin_address),
         ("ADMIN_PORT", old.admin_port != new.admin_port),
+        (
+            "ADMIN_TOKEN_FILE",
+            old.admin_token_file != new.admin_token_file,
+        ),
     ];
     changed
         .iter()

@@ -115,6 +115,8 @@ pub struct Config {
     pub access_log_file: Option<PathBuf>,
     pub admin_address: IpAddr,
     pub admin_port: u16,
+    /// Bearer token for the admin API's queue changes (`serviceq queue`); `None` = off.
+    pub admin_token_file: Option<PathBuf>,
     /// Active health checks (`health.rs`); `None` = off.
     pub health_check_path: Option<String>,
     pub health_check_interval: Duration,
@@ -214,6 +216,7 @@ impl Config {
             access_log_file: None,
             admin_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             admin_port: 0,
+            admin_token_file: None,
             health_check_path: None,
             health_check_interval: Duration::from_secs(2),
             health_check_timeout: Duration::from_secs(1),
@@ -297,6 +300,7 @@ const KEYS: &[&str] = &[
     "ACCESS_LOG_FILE",
     "ADMIN_ADDRESS",
     "ADMIN_PORT",
+    "ADMIN_TOKEN_FILE",
     "HEALTH_CHECK_PATH",
     "HEALTH_CHECK_INTERVAL",
     "HEALTH_CHECK_TIMEOUT",

@@ -280,6 +280,8 @@ impl Entries<'_> {
             parse_seconds_or_zero,
         )?;
         self.set(&mut c.admin_address, "ADMIN_ADDRESS", parse_ip)?;
+        let token = &mut c.admin_token_file;
+        self.set(token, "ADMIN_TOKEN_FILE", parse_optional_path)?;
         self.set(&mut c.admin_port, "ADMIN_PORT", parse_port)
     }
 

@@ -1081,7 +1081,8 @@ fn example_file_documents_every_key() {
 /// unset by default show an example value instead and are skipped.
 #[test]
 fn example_commented_defaults_match_the_code() {
-    const UNSET_BY_DEFAULT: [&str; 7] = [
+    const UNSET_BY_DEFAULT: [&str; 8] = [
+        "ADMIN_TOKEN_FILE",
         "SSL_CERTIFICATE_FILE",
         "SSL_AUTO_DOMAINS",
         "SSL_AUTO_CA_FILE",

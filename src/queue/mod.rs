@@ -27,9 +27,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::body::Body;
 use crate::journal::{Journal, Payload, Pending};
+use ops::{unsupported, Listed, OpsError, Removed, Select, Shown};
 
 pub mod durable;
 pub mod memory;
+pub mod ops;
 pub mod redis;
 pub mod replay;
 
@@ -116,6 +118,75 @@ impl QueuedRequest {
             queued_at: Instant::now()
                 .checked_sub(waited)
                 .unwrap_or_else(Instant::now),
+        })
+    }
+}
+
+/// What a listing shows of a queued request, read from its payload in pieces so the
+/// body is never read (see [`QueuedRequest::summarize`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub method: String,
+    pub target: String,
+    pub request_id: String,
+    pub body_bytes: u64,
+}
+
+/// Fields longer than this are not read for a listing (a method, target or id is far
+/// shorter; the head is capped by the parser anyway).
+const SUMMARY_FIELD_MAX: u32 = 1 << 20;
+
+impl QueuedRequest {
+    /// The listing fields of a payload, read with `read(offset, len)`: about six small
+    /// reads, whatever the body's size.
+    pub fn summarize(
+        read: &mut dyn FnMut(u64, usize) -> io::Result<Vec<u8>>,
+    ) -> io::Result<Summary> {
+        let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
+        if read(0, 1)?.first() != Some(&PAYLOAD_V1) {
+            return Err(bad("unknown payload version"));
+        }
+        let mut off = 1u64;
+        let mut field = |keep: bool| -> io::Result<(u64, Option<String>)> {
+            let len = read(off, 4)?;
+            let len = u32::from_le_bytes(len.try_into().map_err(|_| bad("short read"))?);
+            off += 4;
+            let value = match keep {
+                true if len <= SUMMARY_FIELD_MAX => {
+                    let v = read(off, len as usize)?;
+                    Some(String::from_utf8(v).map_err(|_| bad("field is not UTF-8"))?)
+                }
+                true => return Err(bad("field too long")),
+                false => None,
+            };
+            off += u64::from(len);
+            Ok((u64::from(len), value))
+        };
+        let method = field(true)?.1.unwrap_or_default();
+        let target = field(true)?.1.unwrap_or_default();
+        field(false)?; // request line
+        field(false)?; // headers
+        let body_bytes = field(false)?.0;
+        let request_id = field(true)?.1.unwrap_or_default();
+        Ok(Summary {
+            method,
+            target,
+            request_id,
+            body_bytes,
+        })
+    }
+
+    /// A copy to queue again (a retried dead letter): its age counts from now.
+    pub fn requeued(&self) -> io::Result<QueuedRequest> {
+        Ok(QueuedRequest {
+            method: self.method.clone(),
+            target: self.target.clone(),
+            request_line: self.request_line.clone(),
+            headers: self.headers.clone(),
+            body: Body::from_vec(self.body.to_vec()?),
+            request_id: self.request_id.clone(),
+            client: self.client,
+            queued_at: Instant::now(),
         })
     }
 }
@@ -241,6 +312,45 @@ pub trait Backend: Send + Sync {
     fn shared_status(&self) -> Option<redis::RedisStatus> {
         None
     }
+
+    // Operating the queue (`serviceq queue`, the admin API; see [`ops`]). A backend
+    // that cannot do one answers `OpsError::Unsupported`.
+
+    /// [`dead_letter`](Backend::dead_letter), keeping `reason` with the dead letter
+    /// where the backend can.
+    fn dead_letter_because(&self, d: &Delivery, _reason: &str) {
+        self.dead_letter(d)
+    }
+    /// Counts one delivery try of the head `d`, made by the replay loop just before
+    /// each try; false when `d` is no longer queued (an operator dropped it): the loop
+    /// then lets it go.
+    fn attempt(&self, _d: &Delivery) -> bool {
+        true
+    }
+    /// Queued requests, head first, at most `limit`.
+    fn list(&self, _limit: usize) -> Result<Vec<Listed>, OpsError> {
+        unsupported(self.kind(), "listing the queue")
+    }
+    /// Dead letters, oldest first, at most `limit`.
+    fn list_dead(&self, _limit: usize) -> Result<Vec<Listed>, OpsError> {
+        unsupported(self.kind(), "listing dead letters")
+    }
+    /// One queued or dead request in full (a queued one first).
+    fn show(&self, _id: &str) -> Result<Shown, OpsError> {
+        unsupported(self.kind(), "showing a request")
+    }
+    /// Dead letters back to the queue's tail, in their dead-letter order; how many.
+    fn retry_dead(&self, _which: &Select) -> Result<usize, OpsError> {
+        unsupported(self.kind(), "retrying dead letters")
+    }
+    /// Removes queued and dead requests with these ids, for good.
+    fn remove(&self, _ids: &[String]) -> Result<Removed, OpsError> {
+        unsupported(self.kind(), "dropping requests")
+    }
+    /// Removes every dead letter; how many.
+    fn purge_dead(&self) -> Result<usize, OpsError> {
+        unsupported(self.kind(), "purging dead letters")
+    }
 }
 
 /// The producer side, held by the workers.
@@ -308,6 +418,11 @@ impl Queue {
     pub fn close(&self) {
         self.backend.close()
     }
+
+    /// The backend, for operating the queue (`serviceq queue`, the admin API).
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
 }
 
 #[cfg(test)]
@@ -325,6 +440,17 @@ pub(crate) mod tests {
             client: "::1".parse().unwrap(),
             queued_at: Instant::now(),
         }
+    }
+
+    pub fn with_id(id: &str, body: &[u8]) -> QueuedRequest {
+        let mut r = request(body);
+        r.request_id = id.into();
+        r
+    }
+
+    /// The X-Request-Ids of a listing, in order.
+    pub fn ids(list: Vec<ops::Listed>) -> Vec<String> {
+        list.into_iter().map(|l| l.request_id).collect()
     }
 
     #[test]

@@ -78,8 +78,7 @@ impl Replay {
                 continue;
             };
             let done = if self.expired(&head) {
-                inc(&METRICS.dead_lettered_total);
-                self.backend.dead_letter(&head);
+                self.dead_letter(&head);
                 Done::Removed
             } else {
                 self.deliver_head(proxy, &head, &mut buf, &mut scratch)
@@ -113,9 +112,18 @@ impl Replay {
                     "replay of {} {} (X-Request-Id {}) given up: the queue's lease was lost",
                     req.method,
                     escaped(&req.target),
-                    req.request_id
+                    escaped(&req.request_id)
                 );
                 return Done::Lost;
+            }
+            if !self.backend.attempt(head) {
+                log::info!(
+                    "{} {} (X-Request-Id {}) dropped by an operator: not replayed",
+                    req.method,
+                    escaped(&req.target),
+                    escaped(&req.request_id)
+                );
+                return Done::Removed;
             }
             match deliver(proxy, head, buf, scratch) {
                 Ok((status, endpoint)) => {
@@ -146,13 +154,20 @@ impl Replay {
                         false => (pause * 2).min(REPLAY_PAUSE_MAX),
                     };
                     if self.expired(head) {
-                        inc(&METRICS.dead_lettered_total);
-                        self.backend.dead_letter(head);
+                        self.dead_letter(head);
                         return Done::Removed;
                     }
                 }
             }
         }
+    }
+
+    /// The head is over DEFERRED_Q_MAX_AGE: out of the queue, with why.
+    fn dead_letter(&self, head: &Delivery) {
+        inc(&METRICS.dead_lettered_total);
+        let max = self.max_age.unwrap_or_default();
+        let reason = super::ops::max_age_reason(max, head.req.queued_at.elapsed());
+        self.backend.dead_letter_because(head, &reason);
     }
 
     fn expired(&self, head: &Delivery) -> bool {

@@ -641,7 +641,8 @@ impl Inner {
                 log::warn!("{}: replay lease lost to {holder}", self.shown)
             }
             Ok(_) => {}
-            Err(e) if was.is_some() || held_before => {
+            // Logged once when the engine goes away, not at every tick.
+            Err(e) if was.is_some() => {
                 let code = e.log_code();
                 log::warn!(
                     "{}: cannot renew the replay lease [{} {}]: {e}",
@@ -652,6 +653,12 @@ impl Inner {
                 lock(&self.seen).lease = None;
             }
             Err(_) => {}
+        }
+        // A lease our clock says is over is gone, whatever the engine could say.
+        let mut held = lock(&self.held);
+        if held.as_ref().is_some_and(|h| !h.usable(Instant::now())) {
+            log::warn!("{}: replay lease expired unrenewed", self.shown);
+            *held = None;
         }
     }
 

@@ -111,7 +111,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -138,31 +137,11 @@ const KIND_START: u8 = 1;
 const KIND_APPEND: u8 = 2;
 const KIND_ACK: u8 = 3;
 
-/// When appended records are forced to disk (`DEFERRED_Q_FSYNC`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fsync {
-    /// `append` returns only after the record is fsynced (group commit).
-    Always,
-    /// A background thread fsyncs at most every 100 ms.
-    Interval,
-    /// Never fsync (except [`Journal::sync`]).
-    Never,
-}
-
-impl FromStr for Fsync {
-    type Err = String;
-    /// Parses `always`, `interval` or `never` (case-insensitive).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "always" => Ok(Fsync::Always),
-            "interval" => Ok(Fsync::Interval),
-            "never" => Ok(Fsync::Never),
-            other => Err(format!(
-                "invalid fsync policy {other:?} (expected always, interval or never)"
-            )),
-        }
-    }
-}
+/// When appended records are forced to disk: `DEFERRED_Q_FSYNC`, one enum for the
+/// configuration and the journal. `Always`: `append` returns only after the record is
+/// fsynced (group commit); `Interval`: a background thread fsyncs at most every 100 ms;
+/// `Never`: never fsync (except [`Journal::sync`]).
+pub use crate::config::FsyncPolicy as Fsync;
 
 /// How to open a journal.
 #[derive(Debug, Clone)]
@@ -2148,14 +2127,6 @@ mod tests {
         assert_eq!(j.fsync_count(), 0);
         j.sync().unwrap();
         assert!(j.fsync_count() >= seg_files(&t.0).len() as u64);
-    }
-
-    #[test]
-    fn fsync_policy_parses() {
-        assert_eq!("always".parse::<Fsync>(), Ok(Fsync::Always));
-        assert_eq!(" Interval ".parse::<Fsync>(), Ok(Fsync::Interval));
-        assert_eq!("NEVER".parse::<Fsync>(), Ok(Fsync::Never));
-        assert!("sometimes".parse::<Fsync>().is_err());
     }
 
     #[test]

@@ -15,9 +15,9 @@ use log::LevelFilter;
 use serviceq::accesslog::AccessLog;
 use serviceq::acme;
 use serviceq::config::{self, Config, ConfigError};
-use serviceq::config::{FsyncPolicy, QueueBackend};
+use serviceq::config::QueueBackend;
 use serviceq::conn::Worker;
-use serviceq::journal::{Fsync, Journal, JournalOptions};
+use serviceq::journal::{Journal, JournalOptions};
 use serviceq::logging::{self, ErrorLog};
 use serviceq::proxy::{Durable, Logs, Proxy, TlsSetup};
 use serviceq::queue::redis::{self, LeaseState, RedisBackend, RedisOptions, RedisQueue};
@@ -242,11 +242,7 @@ fn open_journal(cfg: &Config) -> Result<Durable, String> {
         return Ok(Durable::default());
     };
     let mut options = JournalOptions::new(dir);
-    options.fsync = match cfg.deferred_q_fsync {
-        FsyncPolicy::Always => Fsync::Always,
-        FsyncPolicy::Interval => Fsync::Interval,
-        FsyncPolicy::Never => Fsync::Never,
-    };
+    options.fsync = cfg.deferred_q_fsync;
     let (journal, records, warnings) =
         Journal::open(options).map_err(|e| startup_error(cfg, "DEFERRED_Q_DIR", e.to_string()))?;
     for w in warnings {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::metrics::{self, CheckFigures, EndpointFigures, Gauges};
 use crate::proxy::Proxy;
-use crate::queue::redis::{LeaseState, RedisStatus};
+use crate::shared_queue::{LeaseState, RedisStatus};
 use crate::slots::Pool;
 use crate::upstream::FAILURE_CODES;
 

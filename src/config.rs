@@ -203,11 +203,11 @@ impl Config {
             deferred_q_fsync: FsyncPolicy::Always,
             deferred_q_max_age: None,
             deferred_q_backend: QueueBackend::Memory,
-            deferred_q_name: crate::queue::redis::DEFAULT_NAME.to_owned(),
+            deferred_q_name: crate::shared_queue::DEFAULT_NAME.to_owned(),
             deferred_q_redis_replicas: 0,
-            deferred_q_redis_timeout: crate::queue::redis::DEFAULT_TIMEOUT,
-            deferred_q_redis_lease: crate::queue::redis::DEFAULT_LEASE_TTL,
-            deferred_q_max_len: crate::queue::redis::DEFAULT_MAX_LEN,
+            deferred_q_redis_timeout: crate::shared_queue::DEFAULT_TIMEOUT,
+            deferred_q_redis_lease: crate::shared_queue::DEFAULT_LEASE_TTL,
+            deferred_q_max_len: crate::shared_queue::DEFAULT_MAX_LEN,
             max_request_body: 10 * 1024 * 1024,
             client_body_buffer_size: 64 * 1024,
             client_body_temp_dir: std::env::temp_dir(),
@@ -1182,7 +1182,7 @@ fn parse_backend(value: &str) -> Result<QueueBackend, String> {
         "memory" => Ok(QueueBackend::Memory),
         "journal" => Ok(QueueBackend::Journal),
         url if url.contains("://") => {
-            crate::queue::redis::check_url(url).map(|()| QueueBackend::Redis(url.to_owned()))
+            crate::shared_queue::check_url(url).map(|()| QueueBackend::Redis(url.to_owned()))
         }
         _ => Err(expected(
             "memory, journal, redis://…, rediss://… or redis+sentinel://…",

@@ -34,6 +34,7 @@ pub mod proxy;
 pub mod queue;
 pub mod relay;
 pub mod server;
+pub mod shared_queue;
 pub mod signals;
 pub mod slots;
 pub mod stream;

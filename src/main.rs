@@ -14,8 +14,8 @@ use log::LevelFilter;
 
 use serviceq::accesslog::AccessLog;
 use serviceq::acme;
-use serviceq::config::{self, Config, ConfigError};
 use serviceq::config::QueueBackend;
+use serviceq::config::{self, Config, ConfigError};
 use serviceq::conn::Worker;
 use serviceq::journal::{Journal, JournalOptions};
 use serviceq::logging::{self, ErrorLog};

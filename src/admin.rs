@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::metrics::{self, CheckFigures, EndpointFigures, Gauges};
 use crate::proxy::Proxy;
-use crate::queue::redis::{LeaseState, RedisStatus};
+use crate::shared_queue::{LeaseState, RedisStatus};
 use crate::slots::Pool;
 use crate::upstream::FAILURE_CODES;
 
@@ -615,6 +615,32 @@ fn html_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_queue_line_names_backend_lease_and_errors() {
+        assert_eq!(queue_backend_line("journal", None), "backend journal");
+        let mut s = RedisStatus {
+            target: "redis://h:1".into(),
+            primary: Some("h:1".into()),
+            depth: Some(7),
+            lease: Some(LeaseState::HeldBy {
+                holder: "b:5252 pid 9".into(),
+                fence: 3,
+            }),
+            holding: false,
+            last_error: Some("QUEUE_ENGINE_TIMED_OUT (<slow>)".into()),
+            engine_errors: 2,
+        };
+        let line = queue_backend_line("redis", Some(&s));
+        assert_eq!(
+            line,
+            "backend redis redis://h:1 · 7 waiting (all instances) · lease held by \
+             b:5252 pid 9 · 2 engine errors · last engine error: \
+             QUEUE_ENGINE_TIMED_OUT (&lt;slow&gt;)"
+        );
+        s.holding = true;
+        assert!(queue_backend_line("redis", Some(&s)).contains("lease held by this instance"));
+    }
 
     #[test]
     fn chart_scales_to_the_largest_depth() {

@@ -36,6 +36,7 @@ pub mod queue;
 pub mod queue_cli;
 pub mod relay;
 pub mod server;
+pub mod shared_queue;
 pub mod signals;
 pub mod slots;
 pub mod stream;

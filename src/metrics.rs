@@ -142,7 +142,7 @@ pub struct Gauges {
     /// `memory`, `journal` or `redis`.
     pub queue_backend: &'static str,
     /// The shared queue's state, when the backend is shared.
-    pub shared: Option<crate::queue::redis::RedisStatus>,
+    pub shared: Option<crate::shared_queue::RedisStatus>,
 }
 
 /// One endpoint's figures for export.

@@ -257,6 +257,30 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
             old.deferred_q_fsync != new.deferred_q_fsync,
         ),
         (
+            "DEFERRED_Q_BACKEND",
+            old.deferred_q_backend != new.deferred_q_backend,
+        ),
+        (
+            "DEFERRED_Q_NAME",
+            old.deferred_q_name != new.deferred_q_name,
+        ),
+        (
+            "DEFERRED_Q_REDIS_REPLICAS",
+            old.deferred_q_redis_replicas != new.deferred_q_redis_replicas,
+        ),
+        (
+            "DEFERRED_Q_REDIS_TIMEOUT",
+            old.deferred_q_redis_timeout != new.deferred_q_redis_timeout,
+        ),
+        (
+            "DEFERRED_Q_REDIS_LEASE",
+            old.deferred_q_redis_lease != new.deferred_q_redis_lease,
+        ),
+        (
+            "DEFERRED_Q_MAX_LEN",
+            old.deferred_q_max_len != new.deferred_q_max_len,
+        ),
+        (
             "ACCESS_LOG_FILE",
             old.access_log_file != new.access_log_file,
         ),

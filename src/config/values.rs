@@ -216,7 +216,7 @@ pub(super) fn parse_backend(value: &str) -> Result<QueueBackend, String> {
         "memory" => Ok(QueueBackend::Memory),
         "journal" => Ok(QueueBackend::Journal),
         url if url.contains("://") => {
-            crate::queue::redis::check_url(url).map(|()| QueueBackend::Redis(url.to_owned()))
+            crate::shared_queue::check_url(url).map(|()| QueueBackend::Redis(url.to_owned()))
         }
         _ => Err(expected(
             "memory, journal, redis://…, rediss://… or redis+sentinel://…",

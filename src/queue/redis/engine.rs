@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use redis::{Client, Connection, ConnectionInfo, RedisError, RedisResult, Value};
 
 use super::error::{classify, demoted, RedisQueueError};
-use super::target::{SentinelTarget, Target};
+use crate::shared_queue::{SentinelTarget, Target};
 
 /// Idle connections kept for reuse; more than the worker threads that push at once
 /// buys nothing.
@@ -242,7 +242,9 @@ fn discover(s: &SentinelTarget, deadline: &Deadline) -> Result<ConnectionInfo, R
         let left = s.sentinels.len() - i;
         let share = Deadline::after(deadline.remaining() / left as u32);
         match ask_sentinel(s, i, &share) {
-            Ok(Some((host, port))) => return s.node_info(&host, port),
+            Ok(Some((host, port))) => {
+                return s.node_info(&host, port).map_err(RedisQueueError::Config)
+            }
             Ok(None) => {
                 last = RedisQueueError::Unavailable(format!(
                     "sentinel {} knows no primary named {:?}",

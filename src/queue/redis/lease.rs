@@ -11,15 +11,7 @@
 use std::time::{Duration, Instant};
 
 use super::scripts::LeaseReply;
-
-/// What the last acquire-or-renew found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LeaseState {
-    /// Ours, under fencing token `fence`; `acquired` = newly taken (not a renewal).
-    Held { fence: u64, acquired: bool },
-    /// Another instance's.
-    HeldBy { holder: String, fence: u64 },
-}
+use crate::shared_queue::LeaseState;
 
 /// A lease this instance holds.
 #[derive(Debug, Clone, PartialEq, Eq)]

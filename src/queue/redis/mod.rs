@@ -59,7 +59,6 @@ mod engine;
 mod error;
 mod lease;
 mod scripts;
-mod target;
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,29 +69,22 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use redis::Value;
 
+use crate::shared_queue::Target;
+pub use crate::shared_queue::{
+    redact, LeaseState, RedisStatus, DEFAULT_LEASE_TTL, DEFAULT_MAX_LEN, DEFAULT_NAME,
+    DEFAULT_TIMEOUT,
+};
 pub use backend::RedisBackend;
 pub use check::EngineReport;
 use engine::{Deadline, Engine};
 pub use error::RedisQueueError;
 use lease::Held;
-pub use lease::LeaseState;
 use scripts::{HeadReply, LeaseReply, Pushed, Scripts};
-pub use target::redact;
-use target::Target;
-
-/// Default `DEFERRED_Q_NAME`.
-pub const DEFAULT_NAME: &str = "serviceq";
-/// Default bound of one engine call.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Default lease TTL: how long a dead replayer blocks replay at most.
-pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
-/// Default shared cap.
-pub const DEFAULT_MAX_LEN: usize = 100_000;
 
 /// How to reach the shared queue and how it behaves.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    /// `redis://`, `rediss://`, `redis+sentinel://h:p,h:p/master` (see `target`).
+    /// `redis://`, `rediss://`, `redis+sentinel://h:p,h:p/master` (see `crate::shared_queue`).
     pub url: String,
     /// `DEFERRED_Q_NAME`: instances with the same name (and engine) share the queue.
     pub name: String,
@@ -136,7 +128,7 @@ impl RedisOptions {
         if self.lease_ttl < Duration::from_millis(100) {
             return bad("lease TTL under 100 ms");
         }
-        Target::parse(&self.url)
+        Target::parse(&self.url).map_err(RedisQueueError::Config)
     }
 }
 
@@ -149,15 +141,6 @@ pub fn instance_id(port: u16) -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_owned());
     format!("{host}:{port} pid {}", std::process::id())
-}
-
-/// Checks a backend URL without any I/O (for the configuration); the error says what
-/// is wrong, with any password hidden.
-pub fn check_url(url: &str) -> Result<(), String> {
-    Target::parse(url).map(|_| ()).map_err(|e| match e {
-        RedisQueueError::Config(why) => why,
-        other => other.to_string(),
-    })
 }
 
 /// The engine's key names for one queue name.
@@ -202,25 +185,6 @@ pub struct Entry {
     pub fence: u64,
     /// That lease's value; `ack` and `dead_letter` present it to the engine.
     lease: String,
-}
-
-/// A snapshot for `/status`, `/metrics` and `--check`; taken without engine I/O.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisStatus {
-    /// The backend URL, password redacted.
-    pub target: String,
-    /// The primary's address in use, if known.
-    pub primary: Option<String>,
-    /// The shared depth as last seen (any instance's pushes count).
-    pub depth: Option<u64>,
-    /// The lease as last seen.
-    pub lease: Option<LeaseState>,
-    /// Whether this instance may replay now.
-    pub holding: bool,
-    /// The last engine error, with its log code name.
-    pub last_error: Option<String>,
-    /// Engine errors so far (the cap being reached is not one).
-    pub engine_errors: u64,
 }
 
 /// Seen by the last calls, for [`RedisQueue::status`].
@@ -641,7 +605,8 @@ impl Inner {
                 log::warn!("{}: replay lease lost to {holder}", self.shown)
             }
             Ok(_) => {}
-            Err(e) if was.is_some() || held_before => {
+            // Logged once when the engine goes away, not at every tick.
+            Err(e) if was.is_some() => {
                 let code = e.log_code();
                 log::warn!(
                     "{}: cannot renew the replay lease [{} {}]: {e}",
@@ -652,6 +617,12 @@ impl Inner {
                 lock(&self.seen).lease = None;
             }
             Err(_) => {}
+        }
+        // A lease our clock says is over is gone, whatever the engine could say.
+        let mut held = lock(&self.held);
+        if held.as_ref().is_some_and(|h| !h.usable(Instant::now())) {
+            log::warn!("{}: replay lease expired unrenewed", self.shown);
+            *held = None;
         }
     }
 

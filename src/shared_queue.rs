@@ -1,4 +1,7 @@
-//! Where the shared queue lives: the backend URL, parsed with no I/O.
+//! What the lower layers (config, metrics, admin) may know of the shared queue, with
+//! no dependency on the rest of the crate: where it lives (the backend URL, parsed with
+//! no I/O), its defaults, and the state `queue::redis` reports (`RedisStatus`,
+//! `LeaseState`). The queue itself is in `queue/redis/`.
 //!
 //! * `redis://[user:pass@]host:port[/db]` and `rediss://…` (TLS) — one primary, parsed
 //!   by the `redis` crate itself;
@@ -7,9 +10,52 @@
 //!   the sentinels. The credentials and the db are the data nodes'; sentinels are
 //!   reached without them. A host without a port gets the sentinel port, 26379.
 
+use std::time::Duration;
+
 use redis::{ConnectionInfo, IntoConnectionInfo};
 
-use super::error::RedisQueueError;
+/// Default `DEFERRED_Q_NAME`.
+pub const DEFAULT_NAME: &str = "serviceq";
+/// Default bound of one engine call (`DEFERRED_Q_REDIS_TIMEOUT`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default lease TTL (`DEFERRED_Q_REDIS_LEASE`): how long a dead replayer blocks replay.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
+/// Default shared cap (`DEFERRED_Q_MAX_LEN`).
+pub const DEFAULT_MAX_LEN: usize = 100_000;
+
+/// What the last acquire-or-renew of the replay lease found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Ours, under fencing token `fence`; `acquired` = newly taken (not a renewal).
+    Held { fence: u64, acquired: bool },
+    /// Another instance's.
+    HeldBy { holder: String, fence: u64 },
+}
+
+/// A snapshot for `/status`, `/metrics` and `--check`; taken without engine I/O.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisStatus {
+    /// The backend URL, password redacted.
+    pub target: String,
+    /// The primary's address in use, if known.
+    pub primary: Option<String>,
+    /// The shared depth as last seen (any instance's pushes count).
+    pub depth: Option<u64>,
+    /// The lease as last seen.
+    pub lease: Option<LeaseState>,
+    /// Whether this instance may replay now.
+    pub holding: bool,
+    /// The last engine error, with its log code name.
+    pub last_error: Option<String>,
+    /// Engine errors so far (the cap being reached is not one).
+    pub engine_errors: u64,
+}
+
+/// Checks a backend URL without any I/O (for the configuration); the error says what
+/// is wrong, with any password hidden.
+pub fn check_url(url: &str) -> Result<(), String> {
+    Target::parse(url).map(|_| ())
+}
 
 /// Sentinel's default port.
 pub const SENTINEL_PORT: u16 = 26379;
@@ -36,8 +82,9 @@ pub struct SentinelTarget {
 }
 
 impl Target {
-    pub fn parse(url: &str) -> Result<Target, RedisQueueError> {
-        let bad = |why: &str| RedisQueueError::Config(format!("{}: {why}", redact(url)));
+    /// The error names the URL with its password hidden.
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let bad = |why: &str| format!("{}: {why}", redact(url));
         if let Some(rest) = url.strip_prefix("redis+sentinel://") {
             return parse_sentinel(rest, false)
                 .map(Target::Sentinel)
@@ -67,7 +114,7 @@ impl SentinelTarget {
     }
 
     /// Connection settings for the data node a sentinel named.
-    pub fn node_info(&self, host: &str, port: u16) -> Result<ConnectionInfo, RedisQueueError> {
+    pub fn node_info(&self, host: &str, port: u16) -> Result<ConnectionInfo, String> {
         let url = format!(
             "{}://{}{}:{port}/{}",
             self.scheme(),
@@ -77,7 +124,7 @@ impl SentinelTarget {
         );
         url.as_str()
             .into_connection_info()
-            .map_err(|e| RedisQueueError::Config(format!("{host}:{port}: {e}")))
+            .map_err(|e| format!("{host}:{port}: {e}"))
     }
 
     fn scheme(&self) -> &'static str {
@@ -212,9 +259,7 @@ mod tests {
             "redis://u:secret@h:notaport",
         ] {
             match Target::parse(url) {
-                Err(RedisQueueError::Config(why)) => {
-                    assert!(!why.contains("secret"), "{why}")
-                }
+                Err(why) => assert!(!why.contains("secret"), "{why}"),
                 other => panic!("{url}: {other:?}"),
             }
         }

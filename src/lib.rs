@@ -14,6 +14,7 @@
 pub mod accesslog;
 pub mod acme;
 pub mod admin;
+pub mod admin_queue;
 pub mod attempt;
 pub mod balancer;
 pub mod body;
@@ -32,8 +33,10 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod queue;
+pub mod queue_cli;
 pub mod relay;
 pub mod server;
+pub mod shared_queue;
 pub mod signals;
 pub mod slots;
 pub mod stream;

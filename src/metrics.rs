@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::error::Reply;
+use crate::shared_queue::RedisStatus;
 
 /// Every generated reply, in the order of `REPLIES` (indexes of `replies`).
 pub const REPLIES: [Reply; 12] = [
@@ -143,6 +144,10 @@ pub struct Gauges {
     pub held_requests: usize,
     pub queue_depth: usize,
     pub uptime: Duration,
+    /// `memory`, `journal` or `redis`.
+    pub queue_backend: &'static str,
+    /// The shared queue's state, when the backend is shared.
+    pub shared: Option<crate::shared_queue::RedisStatus>,
 }
 
 /// One endpoint's figures for export.
@@ -190,8 +195,11 @@ enum Source {
     Process(fn(&Metrics) -> &AtomicU64),
     /// One unlabelled sample: a gauge the admin thread read elsewhere.
     Gauge(fn(&Gauges) -> f64),
-    /// Process-wide counters with labels: (`{labels}`, value) for each.
-    Labelled(fn(&Metrics) -> Vec<(String, f64)>),
+    /// Labelled samples of process-wide figures: (`{labels}`, value) for each.
+    Labelled(fn(&Metrics, &Gauges) -> Vec<(String, f64)>),
+    /// One unlabelled sample of the shared queue's state; the family is left out, HELP
+    /// and TYPE too, when the queue is not shared.
+    Shared(fn(&RedisStatus) -> f64),
     /// One sample per endpoint, labelled `endpoint`.
     Endpoint(fn(&EndpointFigures) -> f64),
     /// One sample per endpoint and log code, labelled `endpoint` and `code`.
@@ -227,7 +235,7 @@ const FAMILIES: &[Family] = {
             "serviceq_responses_total",
             Counter,
             "Responses sent to clients, by status class.",
-            Source::Labelled(|m| {
+            Source::Labelled(|m, _| {
                 let classes = m.responses.iter().enumerate();
                 classes
                     .map(|(i, c)| (format!("{{class=\"{}xx\"}}", i + 1), Metrics::get(c) as f64))
@@ -238,7 +246,7 @@ const FAMILIES: &[Family] = {
             "serviceq_generated_responses_total",
             Counter,
             "Responses ServiceQ made itself, by sq_msg.",
-            Source::Labelled(|m| {
+            Source::Labelled(|m, _| {
                 let replies = REPLIES.iter().zip(&m.replies);
                 replies
                     .map(|(r, c)| {
@@ -317,6 +325,30 @@ const FAMILIES: &[Family] = {
             Source::Process(|m| &m.access_log_dropped),
         ),
         family(
+            "serviceq_queue_backend",
+            Gauge,
+            "The queue's backend (always 1; the label names it).",
+            Source::Labelled(|_, g| vec![(format!("{{backend=\"{}\"}}", g.queue_backend), 1.0)]),
+        ),
+        family(
+            "serviceq_queue_shared_depth",
+            Gauge,
+            "Requests in the shared queue, every instance's, as last seen on the engine.",
+            Source::Shared(|s| s.depth.unwrap_or(0) as f64),
+        ),
+        family(
+            "serviceq_queue_lease_held",
+            Gauge,
+            "1 while this instance holds the shared queue's replay lease.",
+            Source::Shared(|s| f64::from(u8::from(s.holding))),
+        ),
+        family(
+            "serviceq_queue_engine_errors_total",
+            Counter,
+            "Shared-queue engine calls that failed (unreachable, timed out, refused).",
+            Source::Shared(|s| s.engine_errors as f64),
+        ),
+        family(
             "serviceq_tunnels_total",
             Counter,
             "Upgraded connections (101 Switching Protocols) tunnelled.",
@@ -332,7 +364,7 @@ const FAMILIES: &[Family] = {
             "serviceq_tunnel_bytes_total",
             Counter,
             "Bytes copied through finished tunnels, by direction.",
-            Source::Labelled(|m| {
+            Source::Labelled(|m, _| {
                 let directions = ["client_to_upstream", "upstream_to_client"];
                 let bytes = directions.iter().zip(&m.tunnel_bytes);
                 bytes
@@ -411,6 +443,9 @@ pub fn export(g: &Gauges, endpoints: &[EndpointFigures]) -> String {
 fn render(m: &Metrics, g: &Gauges, endpoints: &[EndpointFigures]) -> String {
     let mut out = String::with_capacity(8192);
     for f in FAMILIES {
+        if matches!(f.source, Source::Shared(_)) && g.shared.is_none() {
+            continue;
+        }
         let (name, kind) = (f.name, f.kind.as_str());
         let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} {kind}", f.help);
         write_samples(&mut out, name, f.source, m, g, endpoints);
@@ -435,7 +470,7 @@ fn write_samples(
         Source::Process(counter) => sample("", Metrics::get(counter(m)) as f64),
         Source::Gauge(read) => sample("", read(g)),
         Source::Labelled(read) => {
-            for (labels, v) in read(m) {
+            for (labels, v) in read(m, g) {
                 sample(&labels, v);
             }
         }
@@ -456,6 +491,11 @@ fn write_samples(
                 if let Some(c) = &e.check {
                     sample(&format!("{{{}}}", endpoint(e)), read(c));
                 }
+            }
+        }
+        Source::Shared(read) => {
+            if let Some(s) = &g.shared {
+                sample("", read(s));
             }
         }
         Source::Histogram(histogram) => histogram(m).write_samples(out, name),
@@ -489,6 +529,8 @@ mod tests {
             held_requests: 1,
             queue_depth: 0,
             uptime: Duration::from_secs(3),
+            queue_backend: "memory",
+            shared: None,
         };
         let e = EndpointFigures {
             label: "http://127.0.0.1:80".into(),
@@ -566,6 +608,16 @@ mod tests {
             held_requests: 5,
             queue_depth: 2,
             uptime: Duration::from_millis(12_500),
+            queue_backend: "redis",
+            shared: Some(crate::shared_queue::RedisStatus {
+                target: "redis://127.0.0.1:6379".into(),
+                primary: None,
+                depth: Some(31),
+                lease: None,
+                holding: true,
+                last_error: None,
+                engine_errors: 32,
+            }),
         };
         let endpoint = |label: &str, base: u64, check| EndpointFigures {
             label: label.into(),
@@ -595,7 +647,12 @@ mod tests {
         (m, g, endpoints)
     }
 
+    const GOLDEN: &str = include_str!("metrics_golden.prom");
+
     /// The exposition byte for byte, as it was before `export` became table-driven.
+    /// A new family changes it on purpose: write the new rendering with
+    /// `SQ_WRITE_METRICS_GOLDEN=$PWD/src/metrics_golden.prom cargo test --lib metrics::`
+    /// and read the diff.
     #[test]
     fn rendering_matches_the_golden_text() {
         let (m, g, endpoints) = distinct_figures();
@@ -603,6 +660,25 @@ mod tests {
         if let Some(path) = std::env::var_os("SQ_WRITE_METRICS_GOLDEN") {
             std::fs::write(path, &text).expect("write the golden rendering");
         }
-        assert_eq!(text, include_str!("metrics_golden.prom"));
+        assert_eq!(text, GOLDEN);
+    }
+
+    /// Without a shared queue, its families are left out, HELP and TYPE lines too.
+    #[test]
+    fn a_local_queue_leaves_the_shared_families_out() {
+        let (m, mut g, endpoints) = distinct_figures();
+        g.shared = None;
+        let shared = [
+            "serviceq_queue_shared_depth",
+            "serviceq_queue_lease_held",
+            "serviceq_queue_engine_errors_total",
+        ];
+        let names_one = |l: &str| l.split(' ').take(3).any(|w| shared.contains(&w));
+        let expected: String = GOLDEN
+            .lines()
+            .filter(|l| !names_one(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(render(&m, &g, &endpoints), expected);
     }
 }

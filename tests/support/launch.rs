@@ -343,13 +343,7 @@ impl ServiceQ {
 
     /// Sends a signal by name (`TERM`, `HUP`, …) with the `kill` utility.
     pub fn signal(&self, name: &str) {
-        let st = Command::new("kill")
-            .arg("-s")
-            .arg(name)
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(st.success(), "kill -s {name} failed");
+        send_signal(self.pid(), name);
     }
 
     /// Waits for the process to exit; None when it is still running after `timeout`.
@@ -390,6 +384,17 @@ impl Drop for ServiceQ {
             );
         }
     }
+}
+
+/// Sends signal `name` (`TERM`, `STOP`, …) to `pid` with the `kill` utility.
+pub fn send_signal(pid: u32, name: &str) {
+    let st = Command::new("kill")
+        .arg("-s")
+        .arg(name)
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill -s {name} {pid} failed");
 }
 
 pub fn rss_kib(pid: u32) -> Option<u64> {

@@ -8,7 +8,7 @@
 //! | `waits.rs` | `wait_until`, `holds_for`, `wait_for_port`: polling with a deadline |
 //! | `tools.rs` | `require`, `require_tool`: a missing tool fails under `CI`, skips elsewhere |
 //! | `tempdir.rs` | `TempDir`, removed on drop |
-//! | `queue.rs`, `tls.rs`, `prometheus.rs`, `browser.rs` | helpers for one area, imported by name (`use support::tls::*;`) |
+//! | `queue.rs`, `redis_server.rs`, `tls.rs`, `prometheus.rs`, `browser.rs` | helpers for one area, imported by name (`use support::tls::*;`) |
 //!
 //! The first six are re-exported here, so a test says `use support::*;`.
 //!
@@ -39,6 +39,8 @@ pub mod browser;
 pub mod prometheus;
 /// Deferred-queue helpers (raw requests with ids, drain and buffered checks).
 pub mod queue;
+/// Real redis-server / redis-sentinel processes for the shared-queue tests.
+pub mod redis_server;
 /// TLS helpers: openssl-made certificates, an `openssl s_server` endpoint, curl.
 pub mod tls;
 

@@ -1,7 +1,8 @@
 //! The admin listener (ADMIN_ADDRESS:ADMIN_PORT): `/metrics` (Prometheus text format),
-//! `/status` (an HTML page for people), `/healthz`. It runs on its own threads, so it
-//! never takes a client worker; it binds loopback by default and must not be exposed
-//! (it has no authentication).
+//! `/status` (an HTML page for people), `/healthz`, and `/queue…` (`admin_queue.rs`).
+//! It runs on its own threads, so it never takes a client worker; it binds loopback by
+//! default and must not be exposed (its read-only pages have no authentication; queue
+//! changes need the ADMIN_TOKEN_FILE bearer token).
 //!
 //! Each request gets a short-lived thread, at most `MAX_ADMIN_REQUESTS` at once, and a
 //! deadline for its whole head and another for its whole response. When every slot is
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use crate::error::ENDPOINT_FAILURES;
 use crate::metrics::{self, CheckFigures, EndpointFigures, Gauges};
 use crate::proxy::Proxy;
+use crate::shared_queue::{LeaseState, RedisStatus};
 use crate::slots::Pool;
 
 /// The longest an admin request's whole head may take to arrive (a deadline, not a
@@ -47,11 +49,18 @@ struct Admin {
     started: Instant,
     history: Mutex<VecDeque<Sample>>,
     slots: Slots,
+    /// ADMIN_TOKEN_FILE's token; None = queue changes are off.
+    token: Option<Vec<u8>>,
 }
 
 /// Starts the admin thread and its sampler.
 pub fn start(listener: TcpListener, proxy: Arc<Proxy>, pool: Arc<Pool>) -> std::io::Result<()> {
+    let token = match &proxy.settings().cfg.admin_token_file {
+        Some(path) => Some(crate::admin_queue::load_token(path).map_err(std::io::Error::other)?),
+        None => None,
+    };
     let admin = Arc::new(Admin {
+        token,
         proxy,
         pool,
         started: Instant::now(),
@@ -191,13 +200,18 @@ impl Admin {
 
     fn serve(&self, mut stream: TcpStream, id: u64) {
         let deadline = Instant::now() + ADMIN_HEAD_DEADLINE;
-        let Some((method, path)) = read_request_line(&mut stream, deadline) else {
+        let Some(head) = read_request_line(&mut stream, deadline) else {
             return;
         };
         if !self.slots.answering(id) {
             return; // evicted just as its head completed
         }
-        let (status, ctype, body) = match path.as_str() {
+        let (method, path) = (head.method.as_str(), head.path.as_str());
+        let (status, ctype, body) = match path {
+            p if p.starts_with("/queue") => match self.queue_request(&head, &stream) {
+                Some((status, body)) => (status, "application/json", body),
+                None => ("404 Not Found", "text/plain", "not found\n".into()),
+            },
             "/metrics" => (
                 "200 OK",
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -210,7 +224,7 @@ impl Admin {
             "/healthz" => ("200 OK", "text/plain", "ok\n".into()),
             _ => ("404 Not Found", "text/plain", "not found\n".into()),
         };
-        let (status, body) = if method == "GET" || method == "HEAD" {
+        let (status, body) = if method == "GET" || method == "HEAD" || path.starts_with("/queue") {
             (status, body)
         } else {
             ("404 Not Found", "not found\n".to_string())
@@ -226,6 +240,93 @@ impl Admin {
         let _ = write_all_by(&mut stream, response.as_bytes(), deadline);
     }
 
+    /// A `/queue…` request: its (status, JSON body), None if no such endpoint.
+    fn queue_request(
+        &self,
+        head: &AdminHead,
+        stream: &TcpStream,
+    ) -> Option<(&'static str, String)> {
+        use crate::admin_queue as aq;
+        let op = match aq::route(&head.method, &head.path, &head.query)? {
+            Ok(op) => op,
+            Err((status, why)) => return Some((status, aq::error_json(&why))),
+        };
+        if op.changes() {
+            if let Err((status, why)) = aq::authorize(self.token.as_deref(), &head.raw) {
+                if status.starts_with("401") {
+                    let peer = stream
+                        .peer_addr()
+                        .map_or("admin API".to_string(), |a| a.to_string());
+                    self.proxy
+                        .errlog
+                        .record(&peer, crate::error::LogCode::AdminUnauthorized);
+                    log::warn!(
+                        "admin API: {} {} from {peer} refused: missing or wrong token",
+                        head.method,
+                        head.path
+                    );
+                }
+                return Some((status, aq::error_json(&why)));
+            }
+        }
+        let answer = aq::run(self.proxy.queue.backend(), &self.pool, &op);
+        if op.changes() && answer.0.starts_with("200") {
+            log::info!(
+                "admin API: {} {}?{}: {}",
+                head.method,
+                head.path,
+                crate::logging::escaped(&head.query),
+                answer.1.trim_end()
+            );
+        }
+        Some(answer)
+    }
+
+    /// The status page's queue section: the oldest queued requests and the dead
+    /// letters counted by reason.
+    fn queue_section(&self) -> String {
+        const SHOWN: usize = 10;
+        let backend = self.proxy.queue.backend();
+        let cell = |t: &str| html_escape(&crate::logging::escaped(t).to_string());
+        let mut out = String::new();
+        match backend.list(SHOWN) {
+            Ok(rows) if rows.is_empty() => out.push_str("<p id=\"oldest\">Nothing queued.</p>"),
+            Ok(rows) => {
+                out.push_str("<table id=\"oldest\"><tr><th>X-Request-Id</th><th>method</th><th>target</th><th>age</th><th>attempts</th></tr>");
+                for r in rows {
+                    let _ = write!(
+                        out,
+                        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                        cell(&r.request_id),
+                        cell(&r.method),
+                        cell(&r.target),
+                        crate::queue::ops::short_age(r.age),
+                        r.attempts
+                    );
+                }
+                out.push_str("</table>");
+            }
+            Err(e) => {
+                let _ = write!(out, "<p id=\"oldest\">{}</p>", html_escape(&e.to_string()));
+            }
+        }
+        if let Ok(dead) = backend.list_dead(usize::MAX) {
+            let reasons = dead_reasons(&dead);
+            let list: Vec<String> = reasons
+                .iter()
+                .map(|(r, n)| format!("{}: {n}", html_escape(r)))
+                .collect();
+            let _ = write!(
+                out,
+                "<p id=\"dead\">Dead letters: <b>{}</b>{}{}</p>",
+                dead.len(),
+                if list.is_empty() { "" } else { " — " },
+                list.join(", ")
+            );
+        }
+        out
+    }
+
     fn gauges(&self) -> Gauges {
         Gauges {
             busy_workers: self.pool.busy_workers(),
@@ -233,6 +334,8 @@ impl Admin {
             held_requests: self.pool.held(),
             queue_depth: self.proxy.queue.depth(),
             uptime: self.started.elapsed(),
+            queue_backend: self.proxy.queue.kind(),
+            shared: self.proxy.queue.shared_status(),
         }
     }
 
@@ -331,8 +434,10 @@ impl Admin {
             held = g.held_requests,
             queue = g.queue_depth,
             rows = rows,
+            queue_backend = queue_backend_line(g.queue_backend, g.shared.as_ref()),
             chart = queue_chart(&depths),
             tls = self.tls_line(),
+            queued = self.queue_section(),
         )
     }
 
@@ -352,9 +457,42 @@ impl Admin {
     }
 }
 
+/// Dead letters counted by reason (the text before its first `:` or `(`), most first.
+fn dead_reasons(dead: &[crate::queue::ops::Listed]) -> Vec<(String, usize)> {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for d in dead {
+        let reason = d
+            .dead
+            .as_ref()
+            .and_then(|i| i.reason.as_deref())
+            .unwrap_or("max age");
+        let kind = reason
+            .split([':', '('])
+            .next()
+            .unwrap_or(reason)
+            .trim()
+            .to_string();
+        match counts.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((kind, 1)),
+        }
+    }
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
+    counts
+}
+
+/// An admin request's head.
+struct AdminHead {
+    method: String,
+    path: String,
+    query: String,
+    /// The whole head (for `Authorization`).
+    raw: Vec<u8>,
+}
+
 /// Reads the request line of an admin request, the whole head within `deadline`; None
 /// if it is not one or does not arrive in time.
-fn read_request_line(stream: &mut TcpStream, deadline: Instant) -> Option<(String, String)> {
+fn read_request_line(stream: &mut TcpStream, deadline: Instant) -> Option<AdminHead> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
@@ -371,8 +509,13 @@ fn read_request_line(stream: &mut TcpStream, deadline: Instant) -> Option<(Strin
     let mut parts = line.split(' ');
     let method = parts.next()?.to_string();
     let target = parts.next()?;
-    let path = target.split('?').next().unwrap_or(target).to_string();
-    Some((method, path))
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    Some(AdminHead {
+        method,
+        path: path.to_string(),
+        query: query.to_string(),
+        raw: buf,
+    })
 }
 
 /// Writes all of `bytes` by `deadline` (each write bounded by what is left of it).
@@ -395,6 +538,28 @@ fn write_all_by(
         }
     }
     Ok(())
+}
+
+/// The queue's backend; for a shared one, its engine, depth, lease holder and last
+/// engine error (HTML-escaped).
+fn queue_backend_line(kind: &str, shared: Option<&RedisStatus>) -> String {
+    let Some(s) = shared else {
+        return format!("backend {kind}");
+    };
+    let lease = match (&s.lease, s.holding) {
+        (_, true) => "held by this instance".to_string(),
+        (Some(LeaseState::HeldBy { holder, .. }), false) => format!("held by {holder}"),
+        _ => "holder unknown".to_string(),
+    };
+    let depth = s.depth.map_or("?".to_string(), |d| d.to_string());
+    let error = s
+        .last_error
+        .as_deref()
+        .map_or(String::new(), |e| format!(" · last engine error: {e}"));
+    html_escape(&format!(
+        "backend {kind} {} · {depth} waiting (all instances) · lease {lease} · {} engine errors{error}",
+        s.target, s.engine_errors
+    ))
 }
 
 /// The queue depth over the last minutes as an inline SVG polyline.
@@ -450,6 +615,32 @@ fn html_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_queue_line_names_backend_lease_and_errors() {
+        assert_eq!(queue_backend_line("journal", None), "backend journal");
+        let mut s = RedisStatus {
+            target: "redis://h:1".into(),
+            primary: Some("h:1".into()),
+            depth: Some(7),
+            lease: Some(LeaseState::HeldBy {
+                holder: "b:5252 pid 9".into(),
+                fence: 3,
+            }),
+            holding: false,
+            last_error: Some("QUEUE_ENGINE_TIMED_OUT (<slow>)".into()),
+            engine_errors: 2,
+        };
+        let line = queue_backend_line("redis", Some(&s));
+        assert_eq!(
+            line,
+            "backend redis redis://h:1 · 7 waiting (all instances) · lease held by \
+             b:5252 pid 9 · 2 engine errors · last engine error: \
+             QUEUE_ENGINE_TIMED_OUT (&lt;slow&gt;)"
+        );
+        s.holding = true;
+        assert!(queue_backend_line("redis", Some(&s)).contains("lease held by this instance"));
+    }
 
     #[test]
     fn chart_scales_to_the_largest_depth() {

@@ -599,9 +599,18 @@ impl Worker {
                 } else {
                     Queued::Deferred
                 });
-                (self.reply(client, head, reply), Hold::Queued)
+                // In a shared queue the request no longer needs this instance.
+                let hold = if self.proxy.queue.holds_slots() {
+                    Hold::Queued
+                } else {
+                    Hold::Released
+                };
+                (self.reply(client, head, reply), hold)
             }
             Err(e) => {
+                if let Some((target, code)) = e.log_entry() {
+                    self.proxy.errlog.record(&target, code);
+                }
                 log::error!(
                     "{} {} (X-Request-Id {}) not queued: {e}",
                     escaped(&head.method),

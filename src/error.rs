@@ -387,11 +387,22 @@ pub fn is_timeout(e: &io::Error) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogCode {
     Flooded,
+    /// An admin API request that changes the queue came without the right token.
+    AdminUnauthorized,
     UpstreamDown,
     UpstreamTimedOut,
     UpstreamNoResponse,
     UpstreamBadResponse,
     UpstreamBrokeOff,
+    /// The shared queue's engine could not confirm a push (SPEC §7 addition, 801).
+    QueueEngineUnavailable,
+    QueueEngineTimedOut,
+    QueueEngineRejected,
+    QueueEngineUnreplicated,
+    QueueEngineBadReply,
+    QueueEngineMisconfigured,
+    /// The shared queue is at DEFERRED_Q_MAX_LEN (802).
+    QueueFull,
 }
 
 /// The codes counted per endpoint (`upstream::Upstream::failures`, in this order) and
@@ -408,22 +419,38 @@ impl LogCode {
     pub fn number(self) -> u16 {
         match self {
             LogCode::Flooded => 601,
+            LogCode::AdminUnauthorized => 602,
             LogCode::UpstreamDown => 701,
             LogCode::UpstreamTimedOut
             | LogCode::UpstreamNoResponse
             | LogCode::UpstreamBadResponse
             | LogCode::UpstreamBrokeOff => 702,
+            LogCode::QueueEngineUnavailable
+            | LogCode::QueueEngineTimedOut
+            | LogCode::QueueEngineRejected
+            | LogCode::QueueEngineUnreplicated
+            | LogCode::QueueEngineBadReply
+            | LogCode::QueueEngineMisconfigured => 801,
+            LogCode::QueueFull => 802,
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
             LogCode::Flooded => "SERVICEQ_FLOODED",
+            LogCode::AdminUnauthorized => "ADMIN_UNAUTHORIZED",
             LogCode::UpstreamDown => "UPSTREAM_DOWN",
             LogCode::UpstreamTimedOut => "UPSTREAM_TIMED_OUT",
             LogCode::UpstreamNoResponse => "UPSTREAM_NO_RESPONSE",
             LogCode::UpstreamBadResponse => "UPSTREAM_BAD_RESPONSE",
             LogCode::UpstreamBrokeOff => "UPSTREAM_BROKE_OFF",
+            LogCode::QueueEngineUnavailable => "QUEUE_ENGINE_UNAVAILABLE",
+            LogCode::QueueEngineTimedOut => "QUEUE_ENGINE_TIMED_OUT",
+            LogCode::QueueEngineRejected => "QUEUE_ENGINE_REJECTED",
+            LogCode::QueueEngineUnreplicated => "QUEUE_ENGINE_UNREPLICATED",
+            LogCode::QueueEngineBadReply => "QUEUE_ENGINE_BAD_REPLY",
+            LogCode::QueueEngineMisconfigured => "QUEUE_ENGINE_MISCONFIGURED",
+            LogCode::QueueFull => "QUEUE_FULL",
         }
     }
 }

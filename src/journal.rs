@@ -16,7 +16,14 @@
 //!   `segment_bytes`.
 //! * `queue-NNNNNNNN.seg.tmp` — a compaction in progress; removed at start-up.
 //! * `dead-letter.log` — requests moved out of the queue (e.g. too old). Same record
-//!   format, APPEND records only; read it with [`read_records`].
+//!   format: an APPEND (the request, with its original seq and append time), then —
+//!   since ServiceQ 0.1 with `serviceq queue` — a DEAD record with the same seq whose
+//!   timestamp is when it was dead-lettered and whose payload is why (UTF-8 text); an
+//!   APPEND without a DEAD was written by an older version (reason unknown: max age
+//!   was the only one). An ACK there means the request left the dead-letter file
+//!   (retried or dropped by an operator). `serviceq queue purge --dead` empties the
+//!   file, and so does the last ACK. Read it with [`read_dead_letters`] (or
+//!   [`read_records`] for the raw APPENDs).
 //!
 //! # Record layout (all integers little-endian)
 //!
@@ -25,7 +32,7 @@
 //!      0    4 magic      AB 53 51 4A  ("\xABSQJ"), marks a record start for resync
 //!      4    4 crc32      CRC-32 (IEEE, crc32fast) of bytes 8 .. 32+len
 //!      8    4 len        payload length, at most MAX_PAYLOAD (64 MiB)
-//!     12    1 kind       1 = START, 2 = APPEND, 3 = ACK
+//!     12    1 kind       1 = START, 2 = APPEND, 3 = ACK, 4 = DEAD (dead-letter file)
 //!     13    1 version    1
 //!     14    2 reserved   0
 //!     16    8 seq        sequence number (see below)
@@ -41,7 +48,13 @@
 //!   sequence numbers monotonic across restarts even when every record was acknowledged
 //!   and every older segment removed.
 //! * APPEND carries a request; its `seq` is strictly increasing through the whole log.
-//! * ACK acknowledges the APPEND with the same `seq` (delivered or dead-lettered).
+//! * ACK acknowledges the APPEND with the same `seq` (delivered, dead-lettered, or
+//!   dropped by an operator with `serviceq queue drop`; that ACK is fsynced before the
+//!   command returns, so a restart does not bring the request back).
+//! * DEAD is written to the dead-letter file only (see above); in a segment it is
+//!   ignored. A journal written before DEAD existed opens unchanged; an older ServiceQ
+//!   reading a dead-letter file with DEAD records skips them as corrupt records (with
+//!   a warning) and keeps every APPEND.
 //!
 //! # Recovery
 //!
@@ -111,7 +124,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -137,32 +149,13 @@ pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
 const KIND_START: u8 = 1;
 const KIND_APPEND: u8 = 2;
 const KIND_ACK: u8 = 3;
+const KIND_DEAD: u8 = 4;
 
-/// When appended records are forced to disk (`DEFERRED_Q_FSYNC`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fsync {
-    /// `append` returns only after the record is fsynced (group commit).
-    Always,
-    /// A background thread fsyncs at most every 100 ms.
-    Interval,
-    /// Never fsync (except [`Journal::sync`]).
-    Never,
-}
-
-impl FromStr for Fsync {
-    type Err = String;
-    /// Parses `always`, `interval` or `never` (case-insensitive).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "always" => Ok(Fsync::Always),
-            "interval" => Ok(Fsync::Interval),
-            "never" => Ok(Fsync::Never),
-            other => Err(format!(
-                "invalid fsync policy {other:?} (expected always, interval or never)"
-            )),
-        }
-    }
-}
+/// When appended records are forced to disk: `DEFERRED_Q_FSYNC`, one enum for the
+/// configuration and the journal. `Always`: `append` returns only after the record is
+/// fsynced (group commit); `Interval`: a background thread fsyncs at most every 100 ms;
+/// `Never`: never fsync (except [`Journal::sync`]).
+pub use crate::config::FsyncPolicy as Fsync;
 
 /// How to open a journal.
 #[derive(Debug, Clone)]
@@ -401,7 +394,7 @@ fn parse_at(buf: &[u8], off: usize) -> Result<Rec<'_>, Bad> {
     if rest[13] != FORMAT_VERSION
         || rest[14] != 0
         || rest[15] != 0
-        || !matches!(kind, KIND_START | KIND_APPEND | KIND_ACK)
+        || !matches!(kind, KIND_START | KIND_APPEND | KIND_ACK | KIND_DEAD)
     {
         return Err(Bad::Format);
     }
@@ -513,6 +506,50 @@ pub fn read_records(path: &Path) -> io::Result<(Vec<Recovered>, Vec<String>)> {
         })
         .collect();
     Ok((records, warnings))
+}
+
+/// A request in the dead-letter file, with why and when it got there (None for a
+/// record written before DEAD records existed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub seq: u64,
+    pub appended_at: SystemTime,
+    pub dead_at: Option<SystemTime>,
+    pub reason: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+/// The requests still in a dead-letter file, in file order: APPENDs with their DEAD
+/// notes, less those an ACK took out. A missing file holds none.
+pub fn read_dead_letters(path: &Path) -> io::Result<(Vec<DeadLetter>, Vec<String>)> {
+    let buf = match fs::read(path) {
+        Ok(buf) => buf,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
+        Err(e) => return Err(e),
+    };
+    let scan = scan(&buf);
+    let warnings = skipped_warnings(path, &scan);
+    let mut out: Vec<DeadLetter> = Vec::new();
+    for (_, r) in &scan.records {
+        match r.kind {
+            KIND_APPEND => out.push(DeadLetter {
+                seq: r.seq,
+                appended_at: from_micros(r.micros),
+                dead_at: None,
+                reason: None,
+                payload: r.payload.to_vec(),
+            }),
+            KIND_DEAD => {
+                if let Some(d) = out.iter_mut().rev().find(|d| d.seq == r.seq) {
+                    d.dead_at = Some(from_micros(r.micros));
+                    d.reason = Some(String::from_utf8_lossy(r.payload).into_owned());
+                }
+            }
+            KIND_ACK => out.retain(|d| d.seq != r.seq),
+            _ => {}
+        }
+    }
+    Ok((out, warnings))
 }
 
 fn now_micros() -> u64 {
@@ -1015,6 +1052,8 @@ impl Journal {
                             len: rec.payload.len() as u32,
                         }));
                     }
+                    // Written to the dead-letter file only.
+                    KIND_DEAD => {}
                     _ => {
                         next_seq = next_seq.max(rec.seq.saturating_add(1));
                         if let Some(at) = index.remove(&rec.seq) {
@@ -1253,6 +1292,12 @@ impl Journal {
     /// acknowledges it. A seq that is not pending is ignored. A crash between the two
     /// steps leaves the request in both places (delivered once more, at least once).
     pub fn dead_letter(&self, seq: u64) -> io::Result<()> {
+        self.dead_letter_because(seq, "")
+    }
+
+    /// [`dead_letter`](Self::dead_letter), with a DEAD record saying why (`reason`) and
+    /// when, written in the same `write` as the request's APPEND.
+    pub fn dead_letter_because(&self, seq: u64, reason: &str) -> io::Result<()> {
         // Held across the ACK so the same seq is never dead-lettered twice.
         let mut dead = self.inner.dead.lock().map_err(|_| poisoned())?;
         let micros = {
@@ -1278,7 +1323,11 @@ impl Journal {
             let before = file.metadata()?.len();
             // The original seq and append time, so tools can tell what it was and how
             // long it waited.
-            let rec = encode(KIND_APPEND, seq, micros, payload);
+            let mut rec = encode(KIND_APPEND, seq, micros, payload);
+            if !reason.is_empty() {
+                let why = &reason.as_bytes()[..reason.len().min(4096)];
+                rec.extend_from_slice(&encode(KIND_DEAD, seq, now_micros(), why));
+            }
             if let Err(e) = file.write_all(&rec) {
                 // Best effort: a fragment left behind is skipped by readers anyway.
                 let _ = file.set_len(before);
@@ -1290,6 +1339,93 @@ impl Journal {
             }
         }
         self.ack(seq)
+    }
+
+    /// The dead-letter file's requests (see [`read_dead_letters`]).
+    pub fn dead_letters(&self) -> io::Result<(Vec<DeadLetter>, Vec<String>)> {
+        let _dead = self.inner.dead.lock().map_err(|_| poisoned())?;
+        read_dead_letters(&self.inner.dir.join(DEAD_LETTER_FILE))
+    }
+
+    /// Takes requests out of the dead-letter file: an ACK for each `seq` (fsynced
+    /// unless `Fsync::Never`); once none is left, the file is emptied.
+    pub fn remove_dead(&self, seqs: &[u64]) -> io::Result<()> {
+        let mut dead = self.inner.dead.lock().map_err(|_| poisoned())?;
+        let path = self.inner.dir.join(DEAD_LETTER_FILE);
+        let mut file = match dead.take() {
+            Some(f) => f,
+            None => OpenOptions::new().append(true).create(true).open(&path)?,
+        };
+        let mut recs = Vec::with_capacity(seqs.len() * HEADER_LEN);
+        for &seq in seqs {
+            recs.extend_from_slice(&encode(KIND_ACK, seq, now_micros(), &[]));
+        }
+        let res = file.write_all(&recs).and_then(|()| {
+            if read_dead_letters(&path)?.0.is_empty() {
+                file.set_len(0)?;
+            }
+            match self.inner.fsync {
+                Fsync::Never => Ok(()),
+                _ => file.sync_data(),
+            }
+        });
+        *dead = Some(file);
+        res
+    }
+
+    /// Empties the dead-letter file (`serviceq queue purge --dead`); how many requests
+    /// it held.
+    pub fn purge_dead(&self) -> io::Result<usize> {
+        let mut dead = self.inner.dead.lock().map_err(|_| poisoned())?;
+        let path = self.inner.dir.join(DEAD_LETTER_FILE);
+        let held = read_dead_letters(&path)?.0.len();
+        let file = match dead.take() {
+            Some(f) => f,
+            None => match OpenOptions::new().append(true).open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(e),
+            },
+        };
+        let res = file.set_len(0).and_then(|()| file.sync_data());
+        *dead = Some(file);
+        res.map(|()| held)
+    }
+
+    /// An operator's drop of a queued request: its ACK, made durable before this
+    /// returns so a restart does not bring the request back. A seq that is not queued
+    /// is ignored.
+    pub fn drop_queued(&self, seq: u64) -> io::Result<()> {
+        self.ack(seq)?;
+        let target = self.inner.lock()?.written;
+        self.inner.wait_durable(target)
+    }
+
+    /// `len` bytes of queued record `seq`'s payload from byte `from` — no checksum is
+    /// verified (meant for listing: [`read`](Self::read) the whole record to deliver it).
+    pub fn read_part(&self, seq: u64, from: u64, len: usize) -> io::Result<Vec<u8>> {
+        let loc = self
+            .inner
+            .lock()?
+            .pending
+            .get(&seq)
+            .copied()
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("record {seq} is not queued"),
+                )
+            })?;
+        if from.saturating_add(len as u64) > u64::from(loc.len) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("record {seq}: read past its payload"),
+            ));
+        }
+        let mut buf = vec![0u8; len];
+        let path = self.inner.seg_path(loc.seg);
+        File::open(&path)?.read_exact_at(&mut buf, loc.offset + HEADER_LEN as u64 + from)?;
+        Ok(buf)
     }
 
     /// Bytes currently used by segment files.
@@ -1923,6 +2059,99 @@ mod tests {
         );
     }
 
+    /// Why and when: a DEAD record follows the dead letter; an ACK there takes it out,
+    /// and once none is left the file is emptied. A file without DEAD records (an older
+    /// ServiceQ) still reads, reason unknown.
+    #[test]
+    fn dead_letters_keep_why_and_when_and_leave_by_ack() {
+        let t = TempDir::new("dead-why");
+        let (j, _, _) = open(t.opts(Fsync::Always));
+        let old = j.append(b"old style").unwrap();
+        j.dead_letter(old).unwrap();
+        let before = SystemTime::now();
+        let seqs: Vec<u64> = (0..3)
+            .map(|i| j.append(format!("r{i}").as_bytes()).unwrap())
+            .collect();
+        for &s in &seqs {
+            j.dead_letter_because(s, "max age: queued 2s").unwrap();
+        }
+        let (dead, warn) = j.dead_letters().unwrap();
+        assert!(warn.is_empty(), "{warn:?}");
+        let got: Vec<(u64, Option<&str>)> =
+            dead.iter().map(|d| (d.seq, d.reason.as_deref())).collect();
+        let why = Some("max age: queued 2s");
+        assert_eq!(
+            got,
+            vec![(old, None), (seqs[0], why), (seqs[1], why), (seqs[2], why)]
+        );
+        assert!(dead[1]
+            .dead_at
+            .is_some_and(|at| at >= before - Duration::from_secs(1)));
+        assert_eq!(dead[0].dead_at, None);
+        // The raw reader still sees exactly the APPENDs.
+        assert_eq!(
+            read_records(&t.0.join(DEAD_LETTER_FILE)).unwrap().0.len(),
+            4
+        );
+
+        j.remove_dead(&[seqs[1], old]).unwrap();
+        let left: Vec<u64> = j.dead_letters().unwrap().0.iter().map(|d| d.seq).collect();
+        assert_eq!(left, vec![seqs[0], seqs[2]]);
+        drop(j);
+        let (j, rec, warn) = open(t.opts(Fsync::Always));
+        assert!(rec.is_empty() && warn.is_empty(), "{rec:?} {warn:?}");
+        assert_eq!(j.dead_letters().unwrap().0.len(), 2, "after a reopen");
+        j.remove_dead(&[seqs[0], seqs[2]]).unwrap();
+        assert_eq!(fs::metadata(t.0.join(DEAD_LETTER_FILE)).unwrap().len(), 0);
+        let s = j.append(b"again").unwrap();
+        j.dead_letter_because(s, "x").unwrap();
+        assert_eq!(j.purge_dead().unwrap(), 1);
+        assert!(j.dead_letters().unwrap().0.is_empty());
+    }
+
+    /// An operator's drop is an ACK made durable at once: a reopen does not bring the
+    /// request back. `read_part` reads inside a queued payload only.
+    #[test]
+    fn a_dropped_request_stays_dropped_and_parts_read_back() {
+        let t = TempDir::new("drop");
+        {
+            let (j, _, _) = open(t.opts(Fsync::Never));
+            let a = j.append(b"first").unwrap();
+            let b = j.append(b"second").unwrap();
+            assert_eq!(j.read_part(b, 1, 3).unwrap(), b"eco");
+            assert!(j.read_part(b, 4, 3).is_err(), "past the payload");
+            j.drop_queued(a).unwrap();
+            assert!(j.read_part(a, 0, 1).is_err(), "no longer queued");
+            let fsyncs = j.fsync_count();
+            j.drop_queued(b).unwrap();
+            assert!(
+                j.fsync_count() > fsyncs,
+                "a drop is fsynced, even with Fsync::Never"
+            );
+            j.append(b"third").unwrap();
+        }
+        let (_j, rec, _) = open(t.opts(Fsync::Never));
+        assert_eq!(payloads(&rec), vec![b"third".to_vec()]);
+    }
+
+    /// A DEAD record in a segment (never written there) is ignored, not read as an ACK.
+    #[test]
+    fn a_dead_record_in_a_segment_is_ignored() {
+        let t = TempDir::new("dead-in-seg");
+        let seq = {
+            let (j, _, _) = open(t.opts(Fsync::Always));
+            j.append(b"kept").unwrap()
+        };
+        let seg = t.0.join(segment_name(1));
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&encode(KIND_DEAD, seq, now_micros(), b"why"))
+            .unwrap();
+        drop(f);
+        let (_j, rec, warn) = open(t.opts(Fsync::Always));
+        assert!(warn.is_empty(), "{warn:?}");
+        assert_eq!(payloads(&rec), vec![b"kept".to_vec()]);
+    }
+
     #[test]
     fn torn_dead_letter_tail_is_cut() {
         let t = TempDir::new("dead-torn");
@@ -2148,14 +2377,6 @@ mod tests {
         assert_eq!(j.fsync_count(), 0);
         j.sync().unwrap();
         assert!(j.fsync_count() >= seg_files(&t.0).len() as u64);
-    }
-
-    #[test]
-    fn fsync_policy_parses() {
-        assert_eq!("always".parse::<Fsync>(), Ok(Fsync::Always));
-        assert_eq!(" Interval ".parse::<Fsync>(), Ok(Fsync::Interval));
-        assert_eq!("NEVER".parse::<Fsync>(), Ok(Fsync::Never));
-        assert!("sometimes".parse::<Fsync>().is_err());
     }
 
     #[test]

@@ -2,15 +2,19 @@
 //! endpoints, steers away from failing ones, retries, and keeps replayable requests in
 //! a FIFO queue while the whole cluster is down.
 //!
-//! The request path, file by file: `server` (accept, worker pool, 429) → `conn` (one
-//! client connection) → `http` (parsing) → `balancer` (which endpoint) → `forward`
-//! (the upstream request) → `upstream` (pool, dial, attempt) → `relay` (stream the
-//! response back). `error` maps every failure to its response and log code.
+//! The request path, file by file (docs/LIFECYCLE.md walks it): `server` (accept,
+//! worker pool, 429; slot accounting in `slots`) → `conn` (one client connection) →
+//! `http` (parsing) and `body` (the request body) → `attempt` (SPEC §4: pick with
+//! `balancer`, attempt with `upstream`, retry) → `forward` (the upstream request and
+//! the client's response head) → `relay` (stream the response back), or `queue` (the
+//! deferred queue and its replay loop) or `tunnel` (after a 101). Every import points
+//! down that path; `error` maps every failure to its response and log code.
 #![forbid(unsafe_code)]
 
 pub mod accesslog;
 pub mod acme;
 pub mod admin;
+pub mod admin_queue;
 pub mod attempt;
 pub mod balancer;
 pub mod body;
@@ -29,8 +33,10 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod queue;
+pub mod queue_cli;
 pub mod relay;
 pub mod server;
+pub mod shared_queue;
 pub mod signals;
 pub mod slots;
 pub mod stream;

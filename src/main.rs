@@ -1,4 +1,5 @@
-//! `serviceq [-c|--config PATH] [--check] [--version] [--help]`
+//! `serviceq [-c|--config PATH] [--check] [--version] [--help]`, and
+//! `serviceq queue …` (operating the queue: `serviceq::queue_cli`).
 //!
 //! Reads the configuration, opens the logs, binds the listener and hands over to
 //! `server::run`. This is the only place where errors become exit codes: every start-up
@@ -14,12 +15,13 @@ use log::LevelFilter;
 
 use serviceq::accesslog::AccessLog;
 use serviceq::acme;
-use serviceq::config::FsyncPolicy;
+use serviceq::config::QueueBackend;
 use serviceq::config::{self, Config, ConfigError};
 use serviceq::conn::Worker;
-use serviceq::journal::{Fsync, Journal, JournalOptions};
+use serviceq::journal::{Journal, JournalOptions};
 use serviceq::logging::{self, ErrorLog};
 use serviceq::proxy::{Durable, Logs, Proxy, TlsSetup};
+use serviceq::queue::redis::{self, LeaseState, RedisBackend, RedisOptions, RedisQueue};
 use serviceq::queue::Replay;
 use serviceq::server::{self, RunError};
 use serviceq::slots::Pool;
@@ -30,6 +32,7 @@ const DEFAULT_CONFIG: &str = "/opt/serviceq/config/sq.properties";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const USAGE: &str = "\
 usage: serviceq [-c|--config PATH] [--check] [--version] [--help]
+       serviceq queue list|show|retry-dead|drop|purge … (serviceq queue --help)
 
   -c, --config PATH   configuration file (default: $SQ_CONFIG, else
                       /opt/serviceq/config/sq.properties)
@@ -60,6 +63,12 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), String> {
+    if std::env::args().nth(1).as_deref() == Some("queue") {
+        // `serviceq queue …` (src/queue_cli.rs): operating the queue, not serving.
+        let out = serviceq::queue_cli::run(std::env::args().skip(2), DEFAULT_CONFIG)?;
+        println!("{out}");
+        return Ok(());
+    }
     let args = match parse_args(std::env::args().skip(1))? {
         Command::Print(text) => {
             println!("{text}");
@@ -89,7 +98,11 @@ fn run() -> Result<(), String> {
         .map_err(|e| startup_error(&cfg, "SSL_AUTO_CA_FILE", e))?;
     if args.check {
         check_journal_dir(&cfg)?;
+        let shared = check_shared(&cfg)?;
         println!("{}", summary(&cfg));
+        if let Some(shared) = shared {
+            println!("{shared}");
+        }
         return Ok(());
     }
     let logs = Logs {
@@ -105,7 +118,8 @@ fn run() -> Result<(), String> {
         )
     })?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-    let durable = open_journal(&cfg)?;
+    let mut durable = open_journal(&cfg)?;
+    durable.shared = open_shared(&cfg, port)?;
     let admin = bind_admin(&cfg)?;
     start_acme(&cfg, acme, tls.acceptor.as_ref(), port)?;
     let (proxy, replay) = Proxy::new(cfg, logs, port, tls, durable).map_err(|e| e.to_string())?;
@@ -136,7 +150,10 @@ fn start_threads(
     let signal_listener = listener.try_clone().map_err(RunError::Listener)?;
     signals::spawn(Arc::clone(&proxy), signal_listener).map_err(thread("signals"))?;
     let pool = Arc::new(Pool::new(proxy.peak()));
-    pool.hold_queued(proxy.queue.depth());
+    // Recovered requests of a local queue hold slots; a shared queue's never do.
+    if proxy.queue.holds_slots() {
+        pool.hold_queued(proxy.queue.depth());
+    }
     replay
         .start(Arc::clone(&proxy), Arc::clone(&pool))
         .map_err(thread("replay"))?;
@@ -226,17 +243,14 @@ fn open_error_log(cfg: &Config, offset: time::UtcOffset) -> Result<ErrorLog, Str
 /// yet delivered, in order; they are queued again before the listener opens.
 fn open_journal(cfg: &Config) -> Result<Durable, String> {
     let Some(dir) = &cfg.deferred_q_dir else {
-        if cfg.enable_deferred_q || cfg.enable_upfront_q {
+        let memory = cfg.deferred_q_backend == QueueBackend::Memory;
+        if memory && (cfg.enable_deferred_q || cfg.enable_upfront_q) {
             log::info!("queue held in memory only (DEFERRED_Q_DIR unset): a restart loses it");
         }
         return Ok(Durable::default());
     };
     let mut options = JournalOptions::new(dir);
-    options.fsync = match cfg.deferred_q_fsync {
-        FsyncPolicy::Always => Fsync::Always,
-        FsyncPolicy::Interval => Fsync::Interval,
-        FsyncPolicy::Never => Fsync::Never,
-    };
+    options.fsync = cfg.deferred_q_fsync;
     let (journal, records, warnings) =
         Journal::open(options).map_err(|e| startup_error(cfg, "DEFERRED_Q_DIR", e.to_string()))?;
     for w in warnings {
@@ -253,7 +267,78 @@ fn open_journal(cfg: &Config) -> Result<Durable, String> {
     Ok(Durable {
         journal: Some(std::sync::Arc::new(journal)),
         recovered,
+        shared: None,
     })
+}
+
+/// The shared queue's options from the configuration, when DEFERRED_Q_BACKEND names
+/// a Redis URL.
+fn shared_options(cfg: &Config, port: u16) -> Option<RedisOptions> {
+    let QueueBackend::Redis(url) = &cfg.deferred_q_backend else {
+        return None;
+    };
+    Some(RedisOptions {
+        url: url.clone(),
+        name: cfg.deferred_q_name.clone(),
+        replicas: cfg.deferred_q_redis_replicas,
+        timeout: cfg.deferred_q_redis_timeout,
+        max_len: cfg.deferred_q_max_len,
+        lease_ttl: cfg.deferred_q_redis_lease,
+        instance_id: redis::instance_id(port),
+    })
+}
+
+/// Opens the shared queue (no engine I/O: a gateway starts, and serves live traffic,
+/// while Redis is down) and starts its lease keeper.
+fn open_shared(cfg: &Config, port: u16) -> Result<Option<RedisBackend>, String> {
+    let Some(opts) = shared_options(cfg, port) else {
+        return Ok(None);
+    };
+    let fail = |e: String| startup_error(cfg, "DEFERRED_Q_BACKEND", e);
+    let queue = RedisQueue::open(opts).map_err(|e| fail(e.to_string()))?;
+    log::info!(
+        "queue shared on {} as {:?} (instance {})",
+        queue.status().target,
+        cfg.deferred_q_name,
+        queue.options().instance_id
+    );
+    RedisBackend::new(queue)
+        .map(Some)
+        .map_err(|e| fail(format!("cannot start the lease keeper: {e}")))
+}
+
+/// `--check` with a Redis backend: reaches the engine and reports on it; an engine
+/// that cannot be reached fails the check.
+fn check_shared(cfg: &Config) -> Result<Option<String>, String> {
+    let Some(opts) = shared_options(cfg, cfg.listener_port) else {
+        return Ok(None);
+    };
+    let fail = |e: String| startup_error(cfg, "DEFERRED_Q_BACKEND", e);
+    let queue = RedisQueue::open(opts).map_err(|e| fail(e.to_string()))?;
+    let target = queue.status().target;
+    let report = queue
+        .check()
+        .map_err(|e| fail(format!("cannot reach the shared queue: {e}")))?;
+    let mut out = format!(
+        "  shared queue  {target} (Redis {}, primary {}): {} waiting, lease {}",
+        report.version,
+        report.primary.as_deref().unwrap_or("?"),
+        report.depth,
+        queue
+            .try_acquire_or_renew_lease()
+            .map_or("unknown".into(), |l| match l {
+                LeaseState::HeldBy { holder, .. } => format!("held by {holder}"),
+                // --check took a free lease to look: give it straight back.
+                LeaseState::Held { .. } => {
+                    queue.release_lease();
+                    "free".into()
+                }
+            })
+    );
+    for w in &report.warnings {
+        out.push_str(&format!("\n  warning       {w}"));
+    }
+    Ok(Some(out))
 }
 
 /// A request is journaled whole, so with DEFERRED_Q_DIR its body must fit a journal
@@ -316,6 +401,10 @@ fn bind_admin(cfg: &Config) -> Result<Option<TcpListener>, String> {
     if cfg.admin_port == 0 {
         return Ok(None);
     }
+    if let Some(path) = &cfg.admin_token_file {
+        serviceq::admin_queue::load_token(path)
+            .map_err(|e| startup_error(cfg, "ADMIN_TOKEN_FILE", e))?;
+    }
     let addr = SocketAddr::new(cfg.admin_address, cfg.admin_port);
     let listener = server::bind(addr)
         .map_err(|e| startup_error(cfg, "ADMIN_PORT", format!("cannot listen on {addr}: {e}")))?;
@@ -363,7 +452,7 @@ fn endpoint_list(cfg: &Config) -> String {
 
 fn summary(cfg: &Config) -> String {
     format!(
-        "{}: OK\n  listener      {}:{}\n  endpoints     {}\n  peak          {}\n  retries       {} attempts, {:?} apart\n  timeout       {}\n  deferred q    {}\n  upfront q     {}\n  error log     {}",
+        "{}: OK\n  listener      {}:{}\n  endpoints     {}\n  peak          {}\n  retries       {} attempts, {:?} apart\n  timeout       {}\n  deferred q    {}\n  upfront q     {}\n  queue         {}\n  error log     {}",
         display(&cfg.source),
         cfg.listener_address,
         cfg.listener_port,
@@ -375,6 +464,14 @@ fn summary(cfg: &Config) -> String {
             .map_or("none".to_string(), |t| format!("{t:?}")),
         cfg.enable_deferred_q,
         cfg.enable_upfront_q,
+        match &cfg.deferred_q_backend {
+            QueueBackend::Memory => "memory".to_string(),
+            QueueBackend::Journal => format!(
+                "journal {}",
+                cfg.deferred_q_dir.as_deref().map_or(String::new(), display)
+            ),
+            QueueBackend::Redis(url) => format!("redis {}", redis::redact(url)),
+        },
         display(&cfg.error_log_file),
     )
 }

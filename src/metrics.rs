@@ -139,6 +139,10 @@ pub struct Gauges {
     pub held_requests: usize,
     pub queue_depth: usize,
     pub uptime: Duration,
+    /// `memory`, `journal` or `redis`.
+    pub queue_backend: &'static str,
+    /// The shared queue's state, when the backend is shared.
+    pub shared: Option<crate::shared_queue::RedisStatus>,
 }
 
 /// One endpoint's figures for export.
@@ -159,6 +163,42 @@ pub struct CheckFigures {
     pub up: bool,
     pub checks: u64,
     pub failed: u64,
+}
+
+/// The queue's backend, and for a shared queue its depth on the engine, whether this
+/// instance holds the replay lease, and the engine errors met.
+fn push_queue_backend(out: &mut String, g: &Gauges) {
+    let backend = format!("{{backend=\"{}\"}}", g.queue_backend);
+    push(
+        out,
+        "serviceq_queue_backend",
+        "gauge",
+        "The queue's backend (always 1; the label names it).",
+        &[(backend, 1.0)],
+    );
+    let Some(s) = &g.shared else { return };
+    let one = |v: f64| vec![(String::new(), v)];
+    push(
+        out,
+        "serviceq_queue_shared_depth",
+        "gauge",
+        "Requests in the shared queue, every instance's, as last seen on the engine.",
+        &one(s.depth.unwrap_or(0) as f64),
+    );
+    push(
+        out,
+        "serviceq_queue_lease_held",
+        "gauge",
+        "1 while this instance holds the shared queue's replay lease.",
+        &one(if s.holding { 1.0 } else { 0.0 }),
+    );
+    push(
+        out,
+        "serviceq_queue_engine_errors_total",
+        "counter",
+        "Shared-queue engine calls that failed (unreachable, timed out, refused).",
+        &one(s.engine_errors as f64),
+    );
 }
 
 /// One metric family: HELP and TYPE lines, then its samples (labels, value).
@@ -282,6 +322,7 @@ pub fn export(g: &Gauges, endpoints: &[EndpointFigures]) -> String {
         "Access log lines dropped because the writer fell behind.",
         &plain(Metrics::get(&m.access_log_dropped) as f64),
     );
+    push_queue_backend(&mut out, g);
     push(
         &mut out,
         "serviceq_tunnels_total",
@@ -450,6 +491,8 @@ mod tests {
             held_requests: 1,
             queue_depth: 0,
             uptime: Duration::from_secs(3),
+            queue_backend: "memory",
+            shared: None,
         };
         let e = EndpointFigures {
             label: "http://127.0.0.1:80".into(),

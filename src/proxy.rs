@@ -94,6 +94,8 @@ pub struct Durable {
     pub journal: Option<Arc<Journal>>,
     /// The requests it still held, in order (their payloads stay on disk).
     pub recovered: Vec<Pending>,
+    /// The shared queue, when DEFERRED_Q_BACKEND names a Redis URL.
+    pub shared: Option<crate::queue::redis::RedisBackend>,
 }
 
 /// The log files, opened at start-up.
@@ -120,6 +122,7 @@ impl Proxy {
         let (queue, replay) = queue::channel(
             durable.journal,
             durable.recovered,
+            durable.shared,
             cfg.deferred_q_max_memory,
             cfg.deferred_q_max_age,
         );
@@ -267,11 +270,39 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
             old.deferred_q_fsync != new.deferred_q_fsync,
         ),
         (
+            "DEFERRED_Q_BACKEND",
+            old.deferred_q_backend != new.deferred_q_backend,
+        ),
+        (
+            "DEFERRED_Q_NAME",
+            old.deferred_q_name != new.deferred_q_name,
+        ),
+        (
+            "DEFERRED_Q_REDIS_REPLICAS",
+            old.deferred_q_redis_replicas != new.deferred_q_redis_replicas,
+        ),
+        (
+            "DEFERRED_Q_REDIS_TIMEOUT",
+            old.deferred_q_redis_timeout != new.deferred_q_redis_timeout,
+        ),
+        (
+            "DEFERRED_Q_REDIS_LEASE",
+            old.deferred_q_redis_lease != new.deferred_q_redis_lease,
+        ),
+        (
+            "DEFERRED_Q_MAX_LEN",
+            old.deferred_q_max_len != new.deferred_q_max_len,
+        ),
+        (
             "ACCESS_LOG_FILE",
             old.access_log_file != new.access_log_file,
         ),
         ("ADMIN_ADDRESS", old.admin_address != new.admin_address),
         ("ADMIN_PORT", old.admin_port != new.admin_port),
+        (
+            "ADMIN_TOKEN_FILE",
+            old.admin_token_file != new.admin_token_file,
+        ),
     ];
     changed
         .iter()

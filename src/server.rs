@@ -184,7 +184,14 @@ fn drain(pool: &Pool, proxy: &Proxy) {
     let deadline = Instant::now() + proxy.settings().cfg.shutdown_grace;
     loop {
         pool.close_idle_connections();
-        let active = pool.held().saturating_sub(proxy.queue.depth());
+        // Requests in a local queue hold slots; a shared queue's do not (and its depth
+        // counts every instance's).
+        let local = if proxy.queue.holds_slots() {
+            proxy.queue.depth()
+        } else {
+            0
+        };
+        let active = pool.held().saturating_sub(local);
         if active == 0 {
             break;
         }
@@ -196,7 +203,9 @@ fn drain(pool: &Pool, proxy: &Proxy) {
     }
     let queued = proxy.queue.depth();
     proxy.queue.sync();
-    if queued > 0 && proxy.queue.is_durable() {
+    if queued > 0 && !proxy.queue.holds_slots() {
+        log::info!("{queued} requests wait in the shared queue for any instance to deliver");
+    } else if queued > 0 && proxy.queue.is_durable() {
         log::info!("{queued} queued requests stay in the journal for the next start");
     } else if queued > 0 {
         log::warn!("{queued} queued requests dropped: the queue is held in memory only");

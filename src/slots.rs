@@ -248,6 +248,12 @@ impl Pool {
             .is_ok()
     }
 
+    /// Requests queued without a client's slot (retried dead letters) hold one each
+    /// until delivered, like requests recovered at start-up (may pass the peak).
+    pub fn add_holds(&self, n: usize) {
+        self.held.fetch_add(n, Ordering::AcqRel);
+    }
+
     pub fn release_hold(&self) {
         self.held.fetch_sub(1, Ordering::AcqRel);
     }

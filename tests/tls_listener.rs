@@ -156,7 +156,10 @@ fn sessions_resume() {
     let sess = sess.display().to_string();
     for version in ["-tls1_3", "-tls1_2"] {
         let request = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-        let (ok, text) = s_client(sq.port(), &[version, "-sess_out", &sess], request);
+        // -ign_eof: read until the server closes (Connection: close), so the session
+        // (TLS 1.3 tickets come after the handshake) is in before s_client writes it.
+        let flags = [version, "-ign_eof", "-sess_out", &sess];
+        let (ok, text) = s_client(sq.port(), &flags, request);
         assert!(ok, "{version}: {text}");
         let (ok, text) = s_client(sq.port(), &[version, "-sess_in", &sess], "");
         assert!(ok && text.contains("Reused"), "{version}: {text}");

@@ -14,6 +14,9 @@
 //!   it was not. Only where each record is stays in memory; the body is read back from
 //!   the journal when the request is delivered.
 //!
+//! * [`redis`] — one FIFO shared by every instance with the same `DEFERRED_Q_NAME`,
+//!   on Redis Streams; one instance at a time (the lease holder) replays it.
+//!
 //! A request in a local queue keeps the `CONCURRENCY_PEAK` slot its client took until
 //! it is delivered, so the queue is bounded by the peak. Delivery is at least once.
 
@@ -24,9 +27,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::body::Body;
 use crate::journal::{Journal, Payload, Pending};
+use ops::{unsupported, Listed, OpsError, Removed, Select, Shown};
 
 pub mod durable;
 pub mod memory;
+pub mod ops;
+pub mod redis;
 pub mod replay;
 
 pub use replay::{Replay, ReplayContext, REPLAY_PAUSE_MAX, REPLAY_PAUSE_MIN};
@@ -116,6 +122,75 @@ impl QueuedRequest {
     }
 }
 
+/// What a listing shows of a queued request, read from its payload in pieces so the
+/// body is never read (see [`QueuedRequest::summarize`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub method: String,
+    pub target: String,
+    pub request_id: String,
+    pub body_bytes: u64,
+}
+
+/// Fields longer than this are not read for a listing (a method, target or id is far
+/// shorter; the head is capped by the parser anyway).
+const SUMMARY_FIELD_MAX: u32 = 1 << 20;
+
+impl QueuedRequest {
+    /// The listing fields of a payload, read with `read(offset, len)`: about six small
+    /// reads, whatever the body's size.
+    pub fn summarize(
+        read: &mut dyn FnMut(u64, usize) -> io::Result<Vec<u8>>,
+    ) -> io::Result<Summary> {
+        let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
+        if read(0, 1)?.first() != Some(&PAYLOAD_V1) {
+            return Err(bad("unknown payload version"));
+        }
+        let mut off = 1u64;
+        let mut field = |keep: bool| -> io::Result<(u64, Option<String>)> {
+            let len = read(off, 4)?;
+            let len = u32::from_le_bytes(len.try_into().map_err(|_| bad("short read"))?);
+            off += 4;
+            let value = match keep {
+                true if len <= SUMMARY_FIELD_MAX => {
+                    let v = read(off, len as usize)?;
+                    Some(String::from_utf8(v).map_err(|_| bad("field is not UTF-8"))?)
+                }
+                true => return Err(bad("field too long")),
+                false => None,
+            };
+            off += u64::from(len);
+            Ok((u64::from(len), value))
+        };
+        let method = field(true)?.1.unwrap_or_default();
+        let target = field(true)?.1.unwrap_or_default();
+        field(false)?; // request line
+        field(false)?; // headers
+        let body_bytes = field(false)?.0;
+        let request_id = field(true)?.1.unwrap_or_default();
+        Ok(Summary {
+            method,
+            target,
+            request_id,
+            body_bytes,
+        })
+    }
+
+    /// A copy to queue again (a retried dead letter): its age counts from now.
+    pub fn requeued(&self) -> io::Result<QueuedRequest> {
+        Ok(QueuedRequest {
+            method: self.method.clone(),
+            target: self.target.clone(),
+            request_line: self.request_line.clone(),
+            headers: self.headers.clone(),
+            body: Body::from_vec(self.body.to_vec()?),
+            request_id: self.request_id.clone(),
+            client: self.client,
+            queued_at: Instant::now(),
+        })
+    }
+}
+
 /// The journal payload: a version byte, then each field length-prefixed (u32
 /// little-endian): method, target, request line, headers, body, request id, client
 /// address. Written in pieces, so a body spilled to a file streams into the journal.
@@ -156,6 +231,22 @@ pub enum PushError {
     Journal(io::Error),
     /// The replay thread is gone (a stop began).
     Closed,
+    /// The shared queue's engine could not confirm the push, or the shared queue is at
+    /// its cap; `target` is the backend URL, password hidden, for the error log.
+    Engine {
+        target: String,
+        error: redis::RedisQueueError,
+    },
+}
+
+impl PushError {
+    /// The error-log line this failure gets, if any: (the "endpoint", the code).
+    pub fn log_entry(&self) -> Option<(&str, crate::error::LogCode)> {
+        match self {
+            PushError::Engine { target, error } => Some((target, error.log_code())),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for PushError {
@@ -167,6 +258,7 @@ impl std::fmt::Display for PushError {
             ),
             PushError::Journal(e) => write!(f, "journal: {e}"),
             PushError::Closed => f.write_str("the queue is closed"),
+            PushError::Engine { target, error } => write!(f, "{target}: {error}"),
         }
     }
 }
@@ -203,6 +295,62 @@ pub trait Backend: Send + Sync {
     fn sync(&self) {}
     /// Wakes a replay loop waiting in [`head`](Backend::head) (at shutdown).
     fn close(&self);
+    /// Whether a queued request keeps its client's CONCURRENCY_PEAK slot until it is
+    /// delivered. Not in a shared queue: another instance may deliver it, and the cap
+    /// is the queue's own (DEFERRED_Q_MAX_LEN).
+    fn holds_slots(&self) -> bool {
+        true
+    }
+    /// Whether `d` may still be delivered: false once the backend knows another
+    /// consumer may have it (a shared queue's lease expired). The replay loop checks
+    /// it before every try and then drops the head without acknowledging it.
+    fn is_current(&self, _d: &Delivery) -> bool {
+        true
+    }
+    /// The shared queue's state (engine, depth, lease holder, errors), for /metrics,
+    /// /status and `--check`; None for a local queue.
+    fn shared_status(&self) -> Option<redis::RedisStatus> {
+        None
+    }
+
+    // Operating the queue (`serviceq queue`, the admin API; see [`ops`]). A backend
+    // that cannot do one answers `OpsError::Unsupported`.
+
+    /// [`dead_letter`](Backend::dead_letter), keeping `reason` with the dead letter
+    /// where the backend can.
+    fn dead_letter_because(&self, d: &Delivery, _reason: &str) {
+        self.dead_letter(d)
+    }
+    /// Counts one delivery try of the head `d`, made by the replay loop just before
+    /// each try; false when `d` is no longer queued (an operator dropped it): the loop
+    /// then lets it go.
+    fn attempt(&self, _d: &Delivery) -> bool {
+        true
+    }
+    /// Queued requests, head first, at most `limit`.
+    fn list(&self, _limit: usize) -> Result<Vec<Listed>, OpsError> {
+        unsupported(self.kind(), "listing the queue")
+    }
+    /// Dead letters, oldest first, at most `limit`.
+    fn list_dead(&self, _limit: usize) -> Result<Vec<Listed>, OpsError> {
+        unsupported(self.kind(), "listing dead letters")
+    }
+    /// One queued or dead request in full (a queued one first).
+    fn show(&self, _id: &str) -> Result<Shown, OpsError> {
+        unsupported(self.kind(), "showing a request")
+    }
+    /// Dead letters back to the queue's tail, in their dead-letter order; how many.
+    fn retry_dead(&self, _which: &Select) -> Result<usize, OpsError> {
+        unsupported(self.kind(), "retrying dead letters")
+    }
+    /// Removes queued and dead requests with these ids, for good.
+    fn remove(&self, _ids: &[String]) -> Result<Removed, OpsError> {
+        unsupported(self.kind(), "dropping requests")
+    }
+    /// Removes every dead letter; how many.
+    fn purge_dead(&self) -> Result<usize, OpsError> {
+        unsupported(self.kind(), "purging dead letters")
+    }
 }
 
 /// The producer side, held by the workers.
@@ -210,17 +358,20 @@ pub struct Queue {
     backend: Arc<dyn Backend>,
 }
 
-/// The queue for a configuration: the journal when there is one (with what it still
-/// held at start-up), else memory bounded by `max_memory` bytes of bodies.
+/// The queue for a configuration: the shared Redis queue when there is one, the
+/// journal when there is one (with what it still held at start-up), else memory
+/// bounded by `max_memory` bytes of bodies.
 pub fn channel(
     journal: Option<Arc<Journal>>,
     recovered: Vec<Pending>,
+    shared: Option<redis::RedisBackend>,
     max_memory: u64,
     max_age: Option<Duration>,
 ) -> (Queue, Replay) {
-    let backend: Arc<dyn Backend> = match journal {
-        Some(journal) => Arc::new(durable::JournalBackend::new(journal, recovered)),
-        None => Arc::new(memory::MemoryBackend::new(max_memory)),
+    let backend: Arc<dyn Backend> = match (shared, journal) {
+        (Some(shared), _) => Arc::new(shared),
+        (None, Some(journal)) => Arc::new(durable::JournalBackend::new(journal, recovered)),
+        (None, None) => Arc::new(memory::MemoryBackend::new(max_memory)),
     };
     let replay = Replay::new(Arc::clone(&backend), max_age);
     (Queue { backend }, replay)
@@ -238,9 +389,19 @@ impl Queue {
         self.backend.is_durable()
     }
 
-    /// `memory` or `journal`.
+    /// `memory`, `journal` or `redis`.
     pub fn kind(&self) -> &'static str {
         self.backend.kind()
+    }
+
+    /// Whether a queued request keeps its client's CONCURRENCY_PEAK slot.
+    pub fn holds_slots(&self) -> bool {
+        self.backend.holds_slots()
+    }
+
+    /// The shared queue's state, when the queue is shared.
+    pub fn shared_status(&self) -> Option<redis::RedisStatus> {
+        self.backend.shared_status()
     }
 
     /// Writes out the journal (at shutdown).
@@ -256,6 +417,11 @@ impl Queue {
     /// Lets the replay thread see a stop at once.
     pub fn close(&self) {
         self.backend.close()
+    }
+
+    /// The backend, for operating the queue (`serviceq queue`, the admin API).
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
     }
 }
 
@@ -274,6 +440,17 @@ pub(crate) mod tests {
             client: "::1".parse().unwrap(),
             queued_at: Instant::now(),
         }
+    }
+
+    pub fn with_id(id: &str, body: &[u8]) -> QueuedRequest {
+        let mut r = request(body);
+        r.request_id = id.into();
+        r
+    }
+
+    /// The X-Request-Ids of a listing, in order.
+    pub fn ids(list: Vec<ops::Listed>) -> Vec<String> {
+        list.into_iter().map(|l| l.request_id).collect()
     }
 
     #[test]

@@ -38,6 +38,16 @@ pub trait ReplayContext: Send + Sync + 'static {
     fn wakeup(&self) -> &Wakeup;
 }
 
+/// How a head left the replay loop's hands.
+enum Done {
+    /// Acknowledged or dead-lettered.
+    Removed,
+    /// A stop began; the head stays queued.
+    Stopped,
+    /// No longer ours (lease lost); the head stays queued for its new consumer.
+    Lost,
+}
+
 /// The consumer side, handed to the replay thread.
 pub struct Replay {
     backend: Arc<dyn Backend>,
@@ -67,29 +77,54 @@ impl Replay {
             let Some(head) = self.backend.head(IDLE_WAIT) else {
                 continue;
             };
-            if self.expired(&head) {
-                inc(&METRICS.dead_lettered_total);
-                self.backend.dead_letter(&head);
-            } else if !self.deliver_head(proxy, &head, &mut buf, &mut scratch) {
-                return;
+            let done = if self.expired(&head) {
+                self.dead_letter(&head);
+                Done::Removed
+            } else {
+                self.deliver_head(proxy, &head, &mut buf, &mut scratch)
+            };
+            match done {
+                Done::Stopped => return,
+                Done::Lost => continue,
+                // The request held its client's CONCURRENCY_PEAK slot until now.
+                Done::Removed if self.backend.holds_slots() => pool.release_hold(),
+                Done::Removed => {}
             }
-            // The request held its client's CONCURRENCY_PEAK slot until now.
-            pool.release_hold();
         }
     }
 
-    /// Tries the head until an endpoint answers; false if a stop began first (the
-    /// head stays queued).
+    /// Tries the head until an endpoint answers, or a stop begins, or the head is no
+    /// longer ours to deliver (the head stays queued in both cases).
     fn deliver_head(
         &self,
         proxy: &dyn ReplayContext,
         head: &Delivery,
         buf: &mut IoBuf,
         scratch: &mut Scratch,
-    ) -> bool {
+    ) -> Done {
         let req = &head.req;
         let mut pause = REPLAY_PAUSE_MIN;
         loop {
+            // Checked right before each try: a replayer paused past its lease (SIGSTOP)
+            // must not send what another instance now delivers.
+            if !self.backend.is_current(head) {
+                log::warn!(
+                    "replay of {} {} (X-Request-Id {}) given up: the queue's lease was lost",
+                    req.method,
+                    escaped(&req.target),
+                    escaped(&req.request_id)
+                );
+                return Done::Lost;
+            }
+            if !self.backend.attempt(head) {
+                log::info!(
+                    "{} {} (X-Request-Id {}) dropped by an operator: not replayed",
+                    req.method,
+                    escaped(&req.target),
+                    escaped(&req.request_id)
+                );
+                return Done::Removed;
+            }
             match deliver(proxy, head, buf, scratch) {
                 Ok((status, endpoint)) => {
                     inc(&METRICS.replayed_total);
@@ -102,7 +137,7 @@ impl Replay {
                         req.queued_at.elapsed(),
                         self.backend.depth()
                     );
-                    return true;
+                    return Done::Removed;
                 }
                 Err(e) => {
                     log::warn!(
@@ -111,7 +146,7 @@ impl Replay {
                         escaped(&req.target)
                     );
                     if proxy.stopping() {
-                        return false;
+                        return Done::Stopped;
                     }
                     // A health check seeing an endpoint back ends the pause at once.
                     pause = match proxy.wakeup().sleep(pause) {
@@ -119,13 +154,20 @@ impl Replay {
                         false => (pause * 2).min(REPLAY_PAUSE_MAX),
                     };
                     if self.expired(head) {
-                        inc(&METRICS.dead_lettered_total);
-                        self.backend.dead_letter(head);
-                        return true;
+                        self.dead_letter(head);
+                        return Done::Removed;
                     }
                 }
             }
         }
+    }
+
+    /// The head is over DEFERRED_Q_MAX_AGE: out of the queue, with why.
+    fn dead_letter(&self, head: &Delivery) {
+        inc(&METRICS.dead_lettered_total);
+        let max = self.max_age.unwrap_or_default();
+        let reason = super::ops::max_age_reason(max, head.req.queued_at.elapsed());
+        self.backend.dead_letter_because(head, &reason);
     }
 
     fn expired(&self, head: &Delivery) -> bool {

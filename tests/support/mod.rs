@@ -23,6 +23,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Deferred-queue helpers (raw requests with ids, drain and buffered checks).
 pub mod queue;
+/// Real redis-server / redis-sentinel processes for the shared-queue tests.
+pub mod redis_server;
 /// TLS helpers: openssl-made certificates, an `openssl s_server` endpoint, curl.
 pub mod tls;
 
@@ -471,13 +473,7 @@ impl ServiceQ {
 
     /// Sends a signal by name (`TERM`, `HUP`, …) with the `kill` utility.
     pub fn signal(&self, name: &str) {
-        let st = Command::new("kill")
-            .arg("-s")
-            .arg(name)
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(st.success(), "kill -s {name} failed");
+        send_signal(self.pid(), name);
     }
 
     /// Waits for the process to exit; None when it is still running after `timeout`.
@@ -518,6 +514,17 @@ impl Drop for ServiceQ {
             );
         }
     }
+}
+
+/// Sends signal `name` (`TERM`, `STOP`, …) to `pid` with the `kill` utility.
+pub fn send_signal(pid: u32, name: &str) {
+    let st = Command::new("kill")
+        .arg("-s")
+        .arg(name)
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill -s {name} {pid} failed");
 }
 
 pub fn rss_kib(pid: u32) -> Option<u64> {

@@ -1,0 +1,441 @@
+//! Operating the queue (`serviceq queue …` and the admin API's `/queue` endpoints)
+//! through the real binary: listing what is buffered (offline from the journal and
+//! online over the admin API, the same content), showing one request, dropping one so
+//! that a restart does not bring it back, dead letters after DEFERRED_Q_MAX_AGE with
+//! their reason, retrying them (delivered in their original order), purging them, and
+//! the ADMIN_TOKEN_FILE checks (off without the key; 401 and a 602 error-log line for a
+//! missing or wrong token).
+
+mod support;
+
+use std::ffi::OsString;
+use std::fs;
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::queue::*;
+use support::*;
+
+const HOST: &str = "ops.test";
+const TOKEN: &str = "s3cret-token-42";
+
+/// A token file readable by its owner only.
+fn token_file(dir: &TempDir) -> PathBuf {
+    let path = dir.join("admin.token");
+    fs::write(&path, format!("{TOKEN}\n")).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// Deferred queue for POST with a journal in `journal`, an admin listener and a token.
+fn ops_conf(u: &Upstream, journal: &Path, token: &Path) -> Conf {
+    queue_conf(&[u.url()], "POST")
+        .set("DEFERRED_Q_DIR", &journal.display().to_string())
+        .set("ADMIN_ADDRESS", "127.0.0.1")
+        .set("ADMIN_PORT", &refusing_port().to_string())
+        .set("ADMIN_TOKEN_FILE", &token.display().to_string())
+}
+
+/// Starts the proxy and waits for its admin listener.
+fn start(body: &str) -> (ServiceQ, SocketAddr) {
+    let sq = ServiceQ::start(body);
+    let port = body
+        .lines()
+        .find_map(|l| l.strip_prefix("ADMIN_PORT="))
+        .expect("ADMIN_PORT in the config");
+    let admin: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || TcpStream::connect(admin)
+            .is_ok()),
+        "admin listener not up; stderr:\n{}",
+        sq.stderr()
+    );
+    (sq, admin)
+}
+
+fn buffer(sq: &ServiceQ, tag: &str, n: usize) {
+    for i in 0..n {
+        let raw = raw_request(
+            "POST",
+            HOST,
+            &format!("/{tag}/{i}"),
+            format!("body of {tag} {i}").as_bytes(),
+            Some(&format!("{tag}-{i}")),
+        );
+        assert_buffered(&request(sq.addr(), &raw), &format!("POST /{tag}/{i}"));
+    }
+}
+
+/// `serviceq queue ARGS… --config CONFIG`, run to completion.
+fn queue_cmd(config: &Path, args: &[&str]) -> Ran {
+    let mut all: Vec<OsString> = vec!["queue".into()];
+    all.extend(args.iter().map(OsString::from));
+    all.extend(["--config".into(), config.as_os_str().to_owned()]);
+    let ran = run_binary(
+        TempDir::new("ops-cli"),
+        config.to_path_buf(),
+        &all,
+        &[],
+        Duration::from_secs(20),
+    );
+    assert!(
+        !ran.timed_out,
+        "serviceq queue {args:?} hung: {}",
+        ran.describe()
+    );
+    ran
+}
+
+/// The same, which must succeed; its stdout.
+fn queue_ok(config: &Path, args: &[&str]) -> String {
+    let ran = queue_cmd(config, args);
+    assert_eq!(
+        ran.code(),
+        Some(0),
+        "serviceq queue {args:?}: {}",
+        ran.describe()
+    );
+    ran.stdout
+}
+
+/// `queue list --json` rows as (id, method, target, body bytes) — age and attempts
+/// change from one listing to the next.
+fn listing(config: &Path, dead: bool) -> Vec<(String, String, String, u64)> {
+    let args: &[&str] = if dead {
+        &["list", "--dead", "--json"]
+    } else {
+        &["list", "--json"]
+    };
+    let out = queue_ok(config, args);
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v.as_array()
+        .expect("an array")
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["method"].as_str().unwrap().to_string(),
+                r["target"].as_str().unwrap().to_string(),
+                r["body_bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn row(tag: &str, i: usize) -> (String, String, String, u64) {
+    let body = format!("body of {tag} {i}");
+    (
+        format!("{tag}-{i}"),
+        "POST".into(),
+        format!("/{tag}/{i}"),
+        body.len() as u64,
+    )
+}
+
+/// A raw admin API request with an optional bearer token.
+fn admin_call(admin: SocketAddr, method: &str, target: &str, token: Option<&str>) -> Response {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let raw =
+        format!("{method} {target} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: 0\r\n\r\n");
+    request(admin, raw.as_bytes())
+}
+
+/// A copy of the proxy's config that outlives it (its temp dir goes with it).
+fn kept_config(sq: &ServiceQ, dir: &TempDir) -> PathBuf {
+    let path = dir.join("sq.properties");
+    fs::copy(sq.config_path(), &path).unwrap();
+    path
+}
+
+fn stop(mut sq: ServiceQ) {
+    sq.signal("TERM");
+    assert!(
+        sq.wait_exit(Duration::from_secs(20)).is_some(),
+        "serviceq did not stop"
+    );
+}
+
+#[test]
+fn list_show_and_drop_online_and_offline_and_a_drop_survives_a_restart() {
+    let journal = TempDir::new("ops-journal");
+    let secrets = TempDir::new("ops-secret");
+    let mut u = down_upstream(Behaviour::Echo);
+    let body = ops_conf(&u, journal.path(), &token_file(&secrets)).body();
+    let (sq, admin) = start(&body);
+    buffer(&sq, "q", 4);
+    let config = kept_config(&sq, &secrets);
+
+    // Online (the running process holds the journal's lock): the admin API answers.
+    let online = listing(&config, false);
+    assert_eq!(online, (0..4).map(|i| row("q", i)).collect::<Vec<_>>());
+    let text = queue_ok(&config, &["list"]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0], "POS\tID\tMETHOD\tTARGET\tBYTES\tAGE\tATTEMPTS",
+        "{text}"
+    );
+    assert!(lines[2].starts_with("2\tq-1\tPOST\t/q/1\t11\t"), "{text}");
+    // The head has been tried (the endpoint is down); the others not.
+    assert!(wait_until(Duration::from_secs(10), || {
+        let v: serde_json::Value =
+            serde_json::from_str(&queue_ok(&config, &["list", "--json"])).unwrap();
+        v[0]["attempts"].as_u64() >= Some(1) && v[1]["attempts"].as_u64() == Some(0)
+    }));
+
+    let status = get(admin, "/status").body_str();
+    assert!(
+        status.contains("<tr><td>q-1</td><td>POST</td><td>/q/1</td><td>"),
+        "/status lists the oldest queued: {status}"
+    );
+    assert!(status.contains("Dead letters: <b>0</b>"), "{status}");
+
+    let shown = queue_ok(&config, &["show", "q-2"]);
+    assert!(
+        shown.starts_with("X-Request-Id q-2: queued #3, 0 attempts"),
+        "{shown}"
+    );
+    assert!(shown.contains("\nPOST /q/2 HTTP/1.1\n"), "{shown}");
+    assert!(shown.contains("X-Request-Id: q-2\n"), "{shown}");
+    assert!(shown.trim_end().ends_with("\nbody of q 2"), "{shown}");
+    let missing = queue_cmd(&config, &["show", "nope"]);
+    assert_eq!(missing.code(), Some(1));
+    assert!(
+        missing
+            .stderr
+            .contains("no queued or dead request has X-Request-Id nope"),
+        "{}",
+        missing.stderr
+    );
+
+    assert_eq!(
+        queue_ok(&config, &["drop", "q-1"]).trim(),
+        "dropped 1 queued and 0 dead requests"
+    );
+    let after_online_drop = listing(&config, false);
+    assert_eq!(
+        after_online_drop,
+        vec![row("q", 0), row("q", 2), row("q", 3)]
+    );
+
+    // Offline: the same content, read from the journal itself.
+    stop(sq);
+    assert_eq!(listing(&config, false), after_online_drop);
+    let offline = queue_ok(&config, &["show", "q-2"]);
+    let (first, rest) = offline.split_once('\n').unwrap();
+    assert!(
+        first.starts_with("X-Request-Id q-2: queued #2, 0 attempts"),
+        "{offline}"
+    );
+    assert_eq!(
+        rest,
+        shown.split_once('\n').unwrap().1,
+        "show online and offline"
+    );
+    assert_eq!(
+        queue_ok(&config, &["drop", "q-3"]).trim(),
+        "dropped 1 queued and 0 dead requests"
+    );
+
+    // Restarted with the endpoint up: only what was not dropped is delivered.
+    u.restart();
+    let (sq, _admin) = start(&body);
+    assert!(
+        wait_drained(&sq, 1, DRAIN_DEADLINE),
+        "stderr:\n{}",
+        sq.stderr()
+    );
+    assert!(holds_for(Duration::from_millis(1000), || u.request_count() == 2));
+    let targets: Vec<String> = u.requests().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(targets, ["/q/0", "/q/2"]);
+}
+
+#[test]
+fn dead_letters_keep_their_reason_retry_in_order_and_purge() {
+    let journal = TempDir::new("ops-dead");
+    let secrets = TempDir::new("ops-secret");
+    let mut u = down_upstream(Behaviour::Echo);
+    let body = ops_conf(&u, journal.path(), &token_file(&secrets))
+        .set("DEFERRED_Q_MAX_AGE", "1")
+        .body();
+    let (sq, admin) = start(&body);
+    let config = kept_config(&sq, &secrets);
+    buffer(&sq, "d", 4);
+    assert!(
+        wait_until(REPLAY_DEADLINE, || stderr_count(
+            &sq,
+            "moved to the dead-letter file"
+        ) >= 4),
+        "not dead-lettered; stderr:\n{}",
+        sq.stderr()
+    );
+    assert_eq!(listing(&config, false), vec![]);
+    assert_eq!(
+        listing(&config, true),
+        (0..4).map(|i| row("d", i)).collect::<Vec<_>>()
+    );
+    let text = queue_ok(&config, &["list", "--dead"]);
+    assert!(
+        text.lines().nth(1).unwrap().contains("max age: queued 1."),
+        "{text}"
+    );
+    assert!(text.contains("over DEFERRED_Q_MAX_AGE (1s)"), "{text}");
+    let status = get(admin, "/status").body_str();
+    assert!(
+        status.contains("Dead letters: <b>4</b> — max age: 4"),
+        "{status}"
+    );
+
+    // A dead letter dropped; two retried, named out of order, once the endpoint is up.
+    assert_eq!(
+        queue_ok(&config, &["drop", "d-3"]).trim(),
+        "dropped 0 queued and 1 dead requests"
+    );
+    u.restart();
+    assert_eq!(
+        queue_ok(&config, &["retry-dead", "d-2", "d-0"]).trim(),
+        "2 dead letters back at the queue's tail"
+    );
+    assert!(
+        u.wait_requests(2, REPLAY_DEADLINE),
+        "stderr:\n{}",
+        sq.stderr()
+    );
+    assert!(holds_for(Duration::from_millis(500), || u.request_count() == 2));
+    let targets: Vec<String> = u.requests().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(targets, ["/d/0", "/d/2"], "retried in their original order");
+    assert_eq!(listing(&config, true), vec![row("d", 1)]);
+    // The retried requests held a slot each until delivered, like any queued one.
+    let held = || metric_sample(admin, "serviceq_requests_held");
+    assert!(
+        wait_until(Duration::from_secs(5), || held() == Some(0.0)),
+        "{:?}",
+        held()
+    );
+
+    assert_eq!(
+        queue_ok(&config, &["purge", "--dead"]).trim(),
+        "purged 1 dead letters"
+    );
+    assert_eq!(listing(&config, true), vec![]);
+    stop(sq);
+    assert_eq!(
+        listing(&config, true),
+        vec![],
+        "offline, after a restart of the file"
+    );
+    assert_eq!(
+        fs::metadata(journal.join("dead-letter.log")).unwrap().len(),
+        0
+    );
+}
+
+#[test]
+fn queue_changes_need_the_token_and_the_memory_queue_works_online() {
+    let secrets = TempDir::new("ops-secret");
+    let u = down_upstream(Behaviour::Echo);
+    let conf = queue_conf(&[u.url()], "POST").set(
+        "ADMIN_TOKEN_FILE",
+        &token_file(&secrets).display().to_string(),
+    );
+    let (sq, admin) = start_with_admin(conf);
+    buffer(&sq, "m", 2);
+    let config = sq.config_path().to_path_buf();
+    assert_eq!(listing(&config, false), vec![row("m", 0), row("m", 1)]);
+
+    // Read-only endpoints need no token; changes do.
+    assert_eq!(admin_call(admin, "GET", "/queue", None).status, 200);
+    for (token, what) in [(None, "no token"), (Some("wrong"), "a wrong token")] {
+        let r = admin_call(admin, "DELETE", "/queue?id=m-0", token);
+        assert_eq!(r.status, 401, "{what}: {}", r.body_str());
+    }
+    assert!(
+        sq.wait_for_error_log(Duration::from_secs(5), |lines| lines
+            .iter()
+            .filter(|l| l.contains("[Code: 602, ADMIN_UNAUTHORIZED]"))
+            .count()
+            >= 2),
+        "no 602 lines; error log:\n{}",
+        sq.error_log()
+    );
+    assert_eq!(
+        listing(&config, false).len(),
+        2,
+        "a refused drop removed something"
+    );
+    let r = admin_call(admin, "DELETE", "/queue?id=m-0", Some(TOKEN));
+    assert_eq!(
+        (r.status, r.body_str().trim()),
+        (200, r#"{"dead":0,"queued":1}"#)
+    );
+    // The command line sends the token it reads from ADMIN_TOKEN_FILE.
+    assert_eq!(
+        queue_ok(&config, &["drop", "m-1"]).trim(),
+        "dropped 1 queued and 0 dead requests"
+    );
+    assert_eq!(listing(&config, false), vec![]);
+    assert_eq!(metric_sample(admin, "serviceq_queue_depth"), Some(0.0));
+    // Each dropped request gave its CONCURRENCY_PEAK slot back, exactly once.
+    let held = || metric_sample(admin, "serviceq_requests_held");
+    assert!(
+        wait_until(Duration::from_secs(5), || held() == Some(0.0)),
+        "{:?}",
+        held()
+    );
+    assert!(
+        holds_for(Duration::from_millis(700), || held() == Some(0.0)),
+        "{:?}",
+        held()
+    );
+}
+
+#[test]
+fn without_a_token_file_changes_are_off_and_without_admin_port_the_cli_says_so() {
+    let u = down_upstream(Behaviour::Echo);
+    let (sq, admin) = start_with_admin(queue_conf(&[u.url()], "POST"));
+    buffer(&sq, "n", 1);
+    let r = admin_call(admin, "DELETE", "/queue?id=n-0", Some(TOKEN));
+    assert_eq!(r.status, 403, "{}", r.body_str());
+    let ran = queue_cmd(sq.config_path(), &["drop", "n-0"]);
+    assert_eq!(ran.code(), Some(1));
+    assert!(
+        ran.stderr.contains("403") && ran.stderr.contains("ADMIN_TOKEN_FILE is not set"),
+        "{}",
+        ran.stderr
+    );
+
+    let journal = TempDir::new("ops-noadmin");
+    let sq = queue_conf(&[u.url()], "POST")
+        .set("DEFERRED_Q_DIR", &journal.path().display().to_string())
+        .start();
+    let ran = queue_cmd(sq.config_path(), &["list"]);
+    assert_eq!(ran.code(), Some(1), "{}", ran.describe());
+    assert!(
+        ran.stderr.contains("holds the journal's lock")
+            && ran.stderr.contains("ADMIN_PORT is not set"),
+        "{}",
+        ran.stderr
+    );
+}
+
+#[test]
+fn a_token_file_others_can_read_fails_the_start() {
+    let secrets = TempDir::new("ops-secret");
+    let path = token_file(&secrets);
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+    let body = Conf::new(&["http://127.0.0.1:1"])
+        .set("ADMIN_PORT", &refusing_port().to_string())
+        .set("ADMIN_TOKEN_FILE", &path.display().to_string())
+        .set("ERROR_LOG_FILE", "{dir}/error.log")
+        .set("LISTENER_PORT", "0")
+        .body();
+    let ran = run_check(&body, &[]);
+    assert_eq!(ran.code(), Some(1), "{}", ran.describe());
+    let last = ran.last_stderr_line();
+    assert!(
+        last.contains("ADMIN_TOKEN_FILE") && last.contains("chmod 600"),
+        "{last}"
+    );
+}

@@ -55,6 +55,13 @@ fn hex_into(out: &mut [u8], mut n: u64) {
     }
 }
 
+/// A worker's copy of the settings and the reload generation it was taken at: one
+/// atomic load tells whether it is still current (`Proxy::refresh`).
+pub struct CachedSettings {
+    generation: u64,
+    pub current: Arc<Settings>,
+}
+
 /// What every thread shares for the life of the process.
 pub struct Proxy {
     settings: RwLock<Arc<Settings>>,
@@ -144,16 +151,22 @@ impl Proxy {
     }
 
     /// Refreshes `cached` if a reload happened since it was taken.
-    pub fn refresh(&self, cached: &mut (u64, Arc<Settings>)) {
+    pub fn refresh(&self, cached: &mut CachedSettings) {
         let now = self.generation.load(Ordering::Acquire);
-        if cached.0 != now {
-            *cached = (now, self.settings());
+        if cached.generation != now {
+            *cached = CachedSettings {
+                generation: now,
+                current: self.settings(),
+            };
         }
     }
 
     /// A snapshot with its generation, for `refresh`.
-    pub fn snapshot(&self) -> (u64, Arc<Settings>) {
-        (self.generation.load(Ordering::Acquire), self.settings())
+    pub fn snapshot(&self) -> CachedSettings {
+        CachedSettings {
+            generation: self.generation.load(Ordering::Acquire),
+            current: self.settings(),
+        }
     }
 
     /// SIGHUP: re-reads the configuration file. Endpoints, request formats, headers,

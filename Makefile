@@ -81,7 +81,7 @@ uninstall:
 # IP-literal endpoints need nothing. Check it with scripts/smoke-static.
 STATIC_TARGET  := x86_64-unknown-linux-gnu
 STATIC_OUT      = $(or $(CARGO_TARGET_DIR),target)/$(STATIC_TARGET)/release/serviceq
-STATIC_MAX     := 7340032
+STATIC_MAX     := 8388608
 
 static:
 	OPENSSL_STATIC=1 RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" \
@@ -91,7 +91,7 @@ static:
 	@file dist/serviceq | grep -Eq 'statically linked|static-pie linked' || \
 		{ echo "static: dist/serviceq is not statically linked" >&2; file dist/serviceq >&2; exit 1; }
 	@size=$$(wc -c < dist/serviceq); \
-		if [ "$$size" -gt $(STATIC_MAX) ]; then echo "static: dist/serviceq is $$size bytes (> 7 MiB)" >&2; exit 1; fi; \
+		if [ "$$size" -gt $(STATIC_MAX) ]; then echo "static: dist/serviceq is $$size bytes (> 8 MiB)" >&2; exit 1; fi; \
 		echo "dist/serviceq: $$size bytes, statically linked"
 
 # The tour: scripts/demo (narrated; exits non-zero if any step's expectation fails).

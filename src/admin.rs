@@ -19,11 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::error::ENDPOINT_FAILURES;
 use crate::metrics::{self, CheckFigures, EndpointFigures, Gauges};
 use crate::proxy::Proxy;
 use crate::shared_queue::{LeaseState, RedisStatus};
 use crate::slots::Pool;
-use crate::upstream::FAILURE_CODES;
 
 /// The longest an admin request's whole head may take to arrive (a deadline, not a
 /// per-read timeout: a byte a second must not keep a connection alive).
@@ -351,7 +351,7 @@ impl Admin {
                 attempts: metrics::Metrics::get(&u.attempts),
                 failures: std::array::from_fn(|i| {
                     (
-                        FAILURE_CODES[i].name(),
+                        ENDPOINT_FAILURES[i].name(),
                         metrics::Metrics::get(&u.failures[i]),
                     )
                 }),

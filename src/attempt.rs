@@ -13,11 +13,11 @@ use rand::rngs::SmallRng;
 use crate::balancer;
 use crate::buffer::IoBuf;
 use crate::config::Config;
-use crate::error::{AttemptError, Reply};
+use crate::error::{AttemptError, Failure, Reply, Retry};
 use crate::forward::CustomHeaders;
 use crate::http::ResponseHead;
 use crate::logging::ErrorLog;
-use crate::upstream::{Exchange, Held, OutgoingRequest, Upstreams};
+use crate::upstream::{Exchange, Held, OutgoingRequest, Upstream, Upstreams};
 
 /// Per-thread state for `try_endpoints`, kept to avoid an allocation per request.
 pub struct Scratch {
@@ -57,6 +57,45 @@ impl Default for Scratch {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Whether the client connection stays open after a generated reply: `Close` adds
+/// `Connection: close`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterReply {
+    KeepAlive,
+    Close,
+}
+
+/// Whether a generated reply carries its JSON body: not in answer to HEAD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyBody {
+    Send,
+    /// The head only, its Content-Length still the body's (RFC 9110 §9.3.2).
+    Omit,
+}
+
+impl ReplyBody {
+    pub fn for_method(method: &str) -> Self {
+        if method == "HEAD" {
+            ReplyBody::Omit
+        } else {
+            ReplyBody::Send
+        }
+    }
+}
+
+/// Records a failure against endpoint `up`, as its disposition says (the error log,
+/// the endpoint's error count and failure counter), and returns its retry rule.
+pub fn endpoint_failed(errlog: &ErrorLog, up: &Upstream, failure: Failure) -> Retry {
+    let d = failure.disposition();
+    if let Some(code) = d.log {
+        if d.counts_against_endpoint {
+            up.record_failure(code);
+        }
+        errlog.record(&up.label, code);
+    }
+    d.retry
 }
 
 /// Everything a SIGHUP may change (SPEC §10): the configuration and what is derived
@@ -127,17 +166,15 @@ impl Settings {
                     return Ok((idx, exchange));
                 }
                 Err(e) => {
-                    up.record_failure(e.log_code());
-                    errlog.record(&up.label, e.log_code());
+                    let retry = endpoint_failed(errlog, up, e.failure());
                     log::debug!(
                         "{} attempt on {}: {e}",
                         crate::logging::escaped(req.method),
                         up.label
                     );
-                    // An upgrade is retried only if it never reached the endpoint.
-                    let sent = !matches!(e, AttemptError::Connect(_));
                     last = Some(e);
-                    if req.upgrade && sent {
+                    // An upgrade is retried only if it never reached the endpoint.
+                    if req.upgrade && retry == Retry::MaybeSent {
                         break;
                     }
                 }
@@ -149,22 +186,22 @@ impl Settings {
     /// A SPEC §6 response: JSON body, Content-Length, the custom response headers, and
     /// `Connection: close` when the connection ends after it. Counted in /metrics here,
     /// the one place every generated response passes.
-    pub fn render_reply(&self, reply: Reply, close: bool, head_only: bool) -> Vec<u8> {
+    pub fn render_reply(&self, reply: Reply, after: AfterReply, body: ReplyBody) -> Vec<u8> {
         crate::metrics::METRICS.reply(reply);
         let (status, reason, _) = reply.parts();
-        let body = reply.body();
+        let text = reply.body();
         let mut out = format!(
             "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
+            text.len()
         )
         .into_bytes();
         out.extend_from_slice(&self.response_headers.rendered);
-        if close {
+        if after == AfterReply::Close {
             out.extend_from_slice(b"Connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        if !head_only {
-            out.extend_from_slice(body.as_bytes());
+        if body == ReplyBody::Send {
+            out.extend_from_slice(text.as_bytes());
         }
         out
     }

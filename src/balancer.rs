@@ -1,7 +1,8 @@
 //! Choosing an endpoint (SPEC §4): error-feedback weighted random for the first attempt,
 //! round-robin after it. Pure code over error counts, so it is unit-tested without
-//! sockets; the counts themselves live in `upstream::Endpoints`, and the health checks'
-//! verdicts come in as a mask (`health.rs`).
+//! sockets; the counts themselves live on each `upstream::Upstream` (read through
+//! `Upstreams::error_counts`), and the health checks' verdicts come in as a mask
+//! (`Upstreams::down_mask`, from `checks.rs`).
 
 use rand::Rng;
 

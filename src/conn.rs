@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::accesslog;
-use crate::attempt::{Scratch, Settings};
+use crate::attempt::{endpoint_failed, AfterReply, ReplyBody, Scratch};
 use crate::body::Body;
 use crate::buffer::IoBuf;
-use crate::error::{is_timeout, ClientError, LogCode, Reply};
+use crate::error::{is_timeout, ClientError, Failure, LogCode, Reply};
 use crate::forward;
 use crate::http::headers;
 use crate::http::{
@@ -22,11 +22,11 @@ use crate::http::{
 use crate::linger::linger_after_reply;
 use crate::logging::escaped;
 use crate::metrics::{self, METRICS};
-use crate::proxy::Proxy;
+use crate::proxy::{CachedSettings, Proxy};
 use crate::queue::QueuedRequest;
 use crate::relay::ClientFraming;
 use crate::relay::{self, RelayEnd, Sink, RELAY_READ_BYTES};
-use crate::slots::{state, Accepted, Pool, ServeConnection, WorkerSlot};
+use crate::slots::{Accepted, Pool, ServeConnection, WorkerSlot, WorkerState};
 use crate::stream::Stream;
 use crate::upstream::{Exchange, OutgoingRequest};
 
@@ -106,8 +106,8 @@ pub struct Worker {
     /// When the first bytes of the current request head arrived.
     head_started: Instant,
     scratch: Scratch,
-    /// The settings snapshot and its generation, refreshed before each request.
-    settings: (u64, Arc<Settings>),
+    /// The settings snapshot, refreshed before each request.
+    settings: CachedSettings,
     /// What the current request did, for the access log and /metrics.
     outcome: Outcome,
 }
@@ -122,10 +122,28 @@ struct Outcome {
     upstream: Option<usize>,
     attempts: u32,
     upstream_time: Option<Duration>,
-    queued: Option<&'static str>,
+    queued: Option<Queued>,
     request_id: String,
     /// Bytes each way through an upgraded connection (from, to the client).
     tunnel: Option<(u64, u64)>,
+}
+
+/// Which queue a request went into (the access log's `queued=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queued {
+    /// ENABLE_UPFRONT_Q: without an attempt.
+    Upfront,
+    /// ENABLE_DEFERRED_Q: after every attempt failed.
+    Deferred,
+}
+
+impl Queued {
+    fn as_str(self) -> &'static str {
+        match self {
+            Queued::Upfront => "upfront",
+            Queued::Deferred => "deferred",
+        }
+    }
 }
 
 impl Outcome {
@@ -188,7 +206,7 @@ impl Worker {
     pub fn serve(&mut self, accepted: Accepted, slot: &WorkerSlot, pool: &Pool) {
         self.serve_requests(accepted, slot, pool);
         self.settings
-            .1
+            .current
             .upstreams
             .release_held(&mut self.scratch.held);
     }
@@ -198,7 +216,7 @@ impl Worker {
         let Some(stream) = self.handshake(accepted.stream) else {
             return;
         };
-        let _ = stream.set_write_timeout(Some(self.settings.1.cfg.client_body_timeout));
+        let _ = stream.set_write_timeout(Some(self.settings.current.cfg.client_body_timeout));
         let mut client = Client {
             stream,
             peer: accepted.peer,
@@ -213,7 +231,7 @@ impl Worker {
             let head = match self.read_head(&mut client, wait, slot, pool) {
                 Ok(Some(head)) => head,
                 Ok(None) => return,
-                Err(e) => return self.refuse(client, e, false),
+                Err(e) => return self.refuse(client, e),
             };
             // A reload while this connection sat idle applies to the request that
             // just arrived, not only to the next connection.
@@ -226,10 +244,11 @@ impl Worker {
                 self.proxy
                     .errlog
                     .record(&self.proxy.listener_label, LogCode::Flooded);
-                let reply =
-                    self.settings
-                        .1
-                        .render_reply(Reply::Flooded, true, head.method == "HEAD");
+                let reply = self.settings.current.render_reply(
+                    Reply::Flooded,
+                    AfterReply::Close,
+                    ReplyBody::for_method(&head.method),
+                );
                 self.outcome.status = Reply::Flooded.parts().0;
                 self.record(&client, &head, started);
                 return close_after(client, &reply, &self.proxy, Linger::Always);
@@ -262,7 +281,7 @@ impl Worker {
             return Some(Stream::Plain(tcp));
         };
         let peer = tcp.peer_addr().ok();
-        match tls.accept(tcp, self.settings.1.cfg.client_header_timeout) {
+        match tls.accept(tcp, self.settings.current.cfg.client_header_timeout) {
             Ok(tls) => Some(Stream::Served(Box::new(tls))),
             Err(e) => {
                 log::debug!("{peer:?}: TLS handshake failed: {e}");
@@ -279,14 +298,17 @@ impl Worker {
                     "{} {}: {e} (CLIENT_BODY_TEMP_DIR {})",
                     escaped(&head.method),
                     escaped(&head.target),
-                    self.settings.1.cfg.client_body_temp_dir.display()
+                    self.settings.current.cfg.client_body_temp_dir.display()
                 );
                 let _ = why;
             }
-            let head_only = head.method == "HEAD";
+            let body = ReplyBody::for_method(&head.method);
             let next = match e.reply() {
                 Some(reply) => {
-                    let bytes = self.settings.1.render_reply(reply, true, head_only);
+                    let bytes = self
+                        .settings
+                        .current
+                        .render_reply(reply, AfterReply::Close, body);
                     let _ = client.stream.write_all(&bytes);
                     Next::Close
                 }
@@ -310,7 +332,7 @@ impl Worker {
             return Ok(None);
         }
         self.head_started = Instant::now();
-        let cfg = &self.settings.1.cfg;
+        let cfg = &self.settings.current.cfg;
         let limits = HeadLimits {
             max_head_bytes: cfg.max_header_size,
             max_headers: cfg.max_headers,
@@ -336,15 +358,9 @@ impl Worker {
             client
                 .set_read_timeout(Some(left))
                 .map_err(ClientError::Gone)?;
-            match self
-                .inbuf
-                .read_from(&mut client.stream, cfg.max_header_size)
-            {
-                Ok(Some(0)) => return Err(ClientError::Gone(io::ErrorKind::UnexpectedEof.into())),
-                Ok(Some(_)) => {}
-                Ok(None) => return Err(ClientError::HeadTooLarge),
-                Err(e) if is_timeout(&e) => return Err(ClientError::HeadTimeout),
-                Err(e) => return Err(ClientError::Gone(e)),
+            let limit = cfg.max_header_size;
+            if !read_client(&mut self.inbuf, client, limit, ClientError::HeadTimeout)? {
+                return Err(ClientError::HeadTooLarge);
             }
         }
     }
@@ -364,7 +380,7 @@ impl Worker {
         slot: &WorkerSlot,
         pool: &Pool,
     ) -> Result<bool, ClientError> {
-        let cfg = &self.settings.1.cfg;
+        let cfg = &self.settings.current.cfg;
         let timeout = match wait {
             Wait::First => Some(cfg.client_header_timeout),
             Wait::KeepAlive => cfg.keep_alive_timeout,
@@ -377,7 +393,7 @@ impl Worker {
             .set_read_timeout(timeout)
             .map_err(ClientError::Gone)?;
         if let (Wait::First, Stream::Plain(tcp)) = (wait, &client.stream) {
-            if !slot.go_idle(pool.now_ms(), state::FIRST) {
+            if !slot.go_idle(pool.now_ms(), WorkerState::First) {
                 return Ok(false);
             }
             let peeked = peek_blocking(tcp);
@@ -385,23 +401,18 @@ impl Worker {
             return Ok(slot.go_busy() && matches!(peeked, Ok(n) if n > 0));
         }
         let reclaimable = wait == Wait::KeepAlive;
-        if reclaimable && !slot.go_idle(pool.now_ms(), state::IDLE) {
+        if reclaimable && !slot.go_idle(pool.now_ms(), WorkerState::Idle) {
             return Ok(false);
         }
-        let read = self
-            .inbuf
-            .read_from(&mut client.stream, cfg.max_header_size);
+        let limit = cfg.max_header_size;
+        let read = read_client(&mut self.inbuf, client, limit, ClientError::HeadTimeout);
         if reclaimable && !slot.go_busy() {
             // The acceptor closed this connection to free the worker; whatever
             // arrived meanwhile is dropped with it, as on any keep-alive close race.
             return Ok(false);
         }
-        match read {
-            Ok(Some(n)) => Ok(n > 0),
-            Ok(None) => Ok(true),
-            Err(e) if is_timeout(&e) => Ok(false),
-            Err(_) => Ok(false),
-        }
+        // A close, a timeout or an error while waiting ends the connection quietly.
+        Ok(read.is_ok())
     }
 
     /// Reads the whole body into `self.body` (it may be retried or queued), bounded by
@@ -410,13 +421,13 @@ impl Worker {
     /// otherwise hold a worker for as long as it likes.
     fn read_body(&mut self, client: &mut Client, head: &RequestHead) -> Result<(), ClientError> {
         self.body.clear(KEPT_BODY_BYTES);
-        let max = self.settings.1.cfg.max_request_body;
+        let max = self.settings.current.cfg.max_request_body;
         match head.framing {
             BodyFraming::None | BodyFraming::Length(0) => return Ok(()),
             BodyFraming::Length(n) if n > max => return Err(ClientError::BodyTooLarge),
             _ => {}
         }
-        let deadline = Instant::now() + self.settings.1.cfg.client_body_timeout;
+        let deadline = Instant::now() + self.settings.current.cfg.client_body_timeout;
         if head.expect_continue && self.inbuf.is_empty() {
             client
                 .stream
@@ -439,7 +450,7 @@ impl Worker {
         n: u64,
         deadline: Instant,
     ) -> Result<(), ClientError> {
-        let spill = self.settings.1.body_spill();
+        let spill = self.settings.current.body_spill();
         let mut left = n;
         loop {
             let take = (self.inbuf.len() as u64).min(left) as usize;
@@ -453,7 +464,7 @@ impl Worker {
             }
             client.set_body_deadline(deadline)?;
             let want = RELAY_READ_BYTES.min(usize::try_from(left).unwrap_or(usize::MAX));
-            fill_body_bytes(&mut self.inbuf, client, want)?;
+            read_client(&mut self.inbuf, client, want, ClientError::BodyTimeout)?;
         }
     }
 
@@ -466,7 +477,7 @@ impl Worker {
         max: u64,
         deadline: Instant,
     ) -> Result<(), ClientError> {
-        let spill = self.settings.1.body_spill();
+        let spill = self.settings.current.body_spill();
         let mut decoder = ChunkedDecoder::new();
         loop {
             while !self.inbuf.is_empty() && !decoder.is_done() {
@@ -487,7 +498,12 @@ impl Worker {
                 return Ok(());
             }
             client.set_body_deadline(deadline)?;
-            fill_body_bytes(&mut self.inbuf, client, RELAY_READ_BYTES)?;
+            read_client(
+                &mut self.inbuf,
+                client,
+                RELAY_READ_BYTES,
+                ClientError::BodyTimeout,
+            )?;
         }
     }
 
@@ -498,7 +514,7 @@ impl Worker {
     fn forward(&mut self, client: &mut Client, head: &RequestHead) -> (Next, Hold) {
         // Fields are borrowed one by one (no Arc clone per request: its count is a cache
         // line every worker would write).
-        let settings = &self.settings.1;
+        let settings = &self.settings.current;
         let proxy = &self.proxy;
         let origin = forward::Origin {
             client_ip: &self.peer_ip,
@@ -532,7 +548,7 @@ impl Worker {
             upgrade,
         };
         let upstream_started = Instant::now();
-        let tried = self.settings.1.try_endpoints(
+        let tried = self.settings.current.try_endpoints(
             &self.proxy.errlog,
             &req,
             &mut self.upbuf,
@@ -579,9 +595,9 @@ impl Worker {
             Ok(()) => {
                 metrics::inc(&METRICS.queued_total);
                 self.outcome.queued = Some(if reply == Reply::Queued {
-                    "upfront"
+                    Queued::Upfront
                 } else {
-                    "deferred"
+                    Queued::Deferred
                 });
                 // In a shared queue the request no longer needs this instance.
                 let hold = if self.proxy.queue.holds_slots() {
@@ -609,14 +625,17 @@ impl Worker {
     /// Writes a generated response and keeps the connection if the client wants to.
     fn reply(&mut self, client: &mut Client, head: &RequestHead, reply: Reply) -> Next {
         self.outcome.status = reply.parts().0;
-        if head.method != "HEAD" {
+        let body = ReplyBody::for_method(&head.method);
+        if body == ReplyBody::Send {
             self.outcome.body_bytes = reply.body().len() as u64;
         }
         let close = !head.keep_alive || reply.closes_connection() || self.proxy.stopping();
-        let bytes = self
-            .settings
-            .1
-            .render_reply(reply, close, head.method == "HEAD");
+        let after = if close {
+            AfterReply::Close
+        } else {
+            AfterReply::KeepAlive
+        };
+        let bytes = self.settings.current.render_reply(reply, after, body);
         match client.stream.write_all(&bytes) {
             Ok(()) if close => Next::Close,
             Ok(()) => Next::KeepAlive,
@@ -624,13 +643,17 @@ impl Worker {
         }
     }
 
-    /// Answers a request that could not be read, then closes.
-    fn refuse(&mut self, client: Client, e: ClientError, head_only: bool) {
+    /// Answers a request whose head could not be read, then closes. Its method is
+    /// unknown, so the reply has its body.
+    fn refuse(&mut self, client: Client, e: ClientError) {
         log::debug!("{}: {e}", client.peer);
         match e.reply() {
             Some(reply) => {
-                let bytes = self.settings.1.render_reply(reply, true, head_only);
-                self.record_refusal(&client, reply, head_only);
+                let bytes =
+                    self.settings
+                        .current
+                        .render_reply(reply, AfterReply::Close, ReplyBody::Send);
+                self.record_refusal(&client, reply);
                 close_after(client, &bytes, &self.proxy, Linger::Always);
             }
             None => drop(client),
@@ -639,7 +662,7 @@ impl Worker {
 
     /// The access log line of a request refused before its head was understood (400,
     /// 408, 431, 501, 505): nginx's convention, `-` for what could not be read.
-    fn record_refusal(&self, client: &Client, reply: Reply, head_only: bool) {
+    fn record_refusal(&self, client: &Client, reply: Reply) {
         let took = self.head_started.elapsed();
         METRICS.total_latency.observe(took);
         let Some(log) = &self.proxy.access_log else {
@@ -651,11 +674,7 @@ impl Worker {
             target: "-",
             version: "-",
             status: reply.parts().0,
-            body_bytes: if head_only {
-                0
-            } else {
-                reply.body().len() as u64
-            },
+            body_bytes: reply.body().len() as u64,
             referer: None,
             user_agent: None,
             upstream: None,
@@ -680,7 +699,7 @@ impl Worker {
         if exchange.head.status == 101 {
             return self.switch_protocols(client, idx, exchange);
         }
-        let (proxy, settings) = (&self.proxy, &self.settings.1);
+        let (proxy, settings) = (&self.proxy, &self.settings.current);
         let (upbuf, out) = (&mut self.upbuf, &mut self.out);
         let scratch = &mut self.scratch;
         let Exchange {
@@ -722,12 +741,14 @@ impl Worker {
             }
             RelayEnd::ClientGone => Next::Abort,
             RelayEnd::UpstreamBroke(why) => {
+                let up = &settings.upstreams.list[idx];
                 log::warn!(
                     "{} {}: {} broke off mid-response: {why}",
                     escaped(&head.method),
                     escaped(&head.target),
-                    settings.upstreams.list[idx].label
+                    up.label
                 );
+                endpoint_failed(&proxy.errlog, up, Failure::UpstreamBrokeOff);
                 Next::Abort
             }
         }
@@ -737,7 +758,7 @@ impl Worker {
     /// both sides are done with it (`tunnel.rs`); it is not HTTP afterwards.
     fn switch_protocols(&mut self, client: &mut Client, idx: usize, exchange: Exchange) -> Next {
         let Exchange { mut conn, head } = exchange;
-        let settings = &self.settings.1;
+        let settings = &self.settings.current;
         forward::switching_protocols_head(&head, &settings.response_headers, &mut self.out);
         self.scratch.reuse_head(head);
         (self.outcome.status, self.outcome.relayed) = (101, true);
@@ -779,7 +800,7 @@ impl Worker {
         let Some(log) = &self.proxy.access_log else {
             return;
         };
-        let settings = &self.settings.1;
+        let settings = &self.settings.current;
         log.record(&accesslog::Entry {
             client: client.peer.ip(),
             method: &head.method,
@@ -799,7 +820,7 @@ impl Worker {
             attempts: o.attempts,
             upstream_time: o.upstream_time,
             request_time: took,
-            queued: o.queued,
+            queued: o.queued.map(Queued::as_str),
             request_id: &o.request_id,
             tunnel: o.tunnel,
         });
@@ -816,22 +837,25 @@ impl Worker {
     }
 }
 
-/// One read of at most `limit` bytes from the client into `inbuf`; EOF or a timeout
-/// mid-body end the request.
-fn fill_body_bytes(
+/// One read from the client into `inbuf`, which holds at most `limit` bytes: `Ok(true)`
+/// when bytes arrived, `Ok(false)` when `inbuf` was full already. The client closing is
+/// `Gone`, the socket's read timeout running out is `timed_out` (the phase's deadline
+/// set it), and any other error is `Gone`: the one place a client read is classified.
+fn read_client(
     inbuf: &mut IoBuf,
     client: &mut Client,
     limit: usize,
-) -> Result<(), ClientError> {
+    timed_out: ClientError,
+) -> Result<bool, ClientError> {
     match inbuf.read_from(&mut client.stream, limit) {
         Ok(Some(0)) => Err(ClientError::Gone(io::ErrorKind::UnexpectedEof.into())),
-        Ok(Some(_)) | Ok(None) => Ok(()),
-        Err(e) if is_timeout(&e) => Err(ClientError::BodyTimeout),
+        Ok(Some(_)) => Ok(true),
+        Ok(None) => Ok(false),
+        Err(e) if is_timeout(&e) => Err(timed_out),
         Err(e) => Err(ClientError::Gone(e)),
     }
 }
 
-/// Writes `bytes`, then closes gracefully through the lingering closer.
 /// Whether a closing connection goes through the lingering closer.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Linger {

@@ -1,5 +1,12 @@
-//! The request-path failures and the one mapping from them to SPEC §6 responses and
-//! SPEC §7 error-log codes. No other file spells a status line or a log code.
+//! The request-path failures and the one mapping from them to SPEC §6 responses, SPEC
+//! §7 error-log codes and the /metrics counters. No other file spells a status line or
+//! a log code.
+//!
+//! Layered, as pingora-error is: each stage keeps its own error with what it knows
+//! (`ClientError` reading the request, `AttemptError` one attempt, `relay::RelayEnd`
+//! the body) and names its [`Failure`] kind; [`Failure::disposition`] is the one table
+//! that says, for every kind, which side failed, whether a retry is safe, the response
+//! owed to the client, the error-log code and whether it counts against the endpoint.
 
 use std::fmt;
 use std::io;
@@ -98,18 +105,22 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    pub fn failure(&self) -> Failure {
+        match self {
+            ClientError::Malformed(_) => Failure::Malformed,
+            ClientError::HeadTooLarge => Failure::HeadTooLarge,
+            ClientError::BodyTooLarge => Failure::BodyTooLarge,
+            ClientError::HeadTimeout | ClientError::BodyTimeout => Failure::ClientTimeout,
+            ClientError::UnsupportedVersion => Failure::UnsupportedVersion,
+            ClientError::UnsupportedCoding => Failure::UnsupportedCoding,
+            ClientError::Gone(_) => Failure::ClientGone,
+            ClientError::BodyStore(_) => Failure::BodyStore,
+        }
+    }
+
     /// The response owed to the client, if it can still receive one.
     pub fn reply(&self) -> Option<Reply> {
-        match self {
-            ClientError::Malformed(_) => Some(Reply::BadRequest),
-            ClientError::HeadTooLarge => Some(Reply::HeaderTooLarge),
-            ClientError::BodyTooLarge => Some(Reply::BodyTooLarge),
-            ClientError::HeadTimeout | ClientError::BodyTimeout => Some(Reply::RequestTimeout),
-            ClientError::UnsupportedVersion => Some(Reply::VersionNotSupported),
-            ClientError::UnsupportedCoding => Some(Reply::NotImplemented),
-            ClientError::Gone(_) => None,
-            ClientError::BodyStore(_) => Some(Reply::Unavailable),
-        }
+        self.failure().disposition().reply
     }
 }
 
@@ -141,7 +152,7 @@ impl fmt::Display for ClientError {
 }
 
 /// Why one attempt on an endpoint failed (SPEC §4). Every variant counts against the
-/// endpoint and is safe to retry elsewhere: no response byte reached the client.
+/// endpoint and may be retried elsewhere: no response byte reached the client.
 #[derive(Debug)]
 pub enum AttemptError {
     /// Refused, unreachable, DNS failure, or a failed TLS handshake.
@@ -155,23 +166,26 @@ pub enum AttemptError {
 }
 
 impl AttemptError {
+    pub fn failure(&self) -> Failure {
+        match self {
+            AttemptError::Connect(_) => Failure::UpstreamDown,
+            AttemptError::Timeout => Failure::UpstreamTimedOut,
+            AttemptError::NoResponse(_) => Failure::UpstreamNoResponse,
+            AttemptError::BadResponse(_) => Failure::UpstreamBadResponse,
+        }
+    }
+
     /// The SPEC §7 log code for this failure.
     pub fn log_code(&self) -> LogCode {
-        match self {
-            AttemptError::Connect(_) => LogCode::UpstreamDown,
-            AttemptError::Timeout => LogCode::UpstreamTimedOut,
-            AttemptError::NoResponse(_) => LogCode::UpstreamNoResponse,
-            AttemptError::BadResponse(_) => LogCode::UpstreamBadResponse,
-        }
+        // Every endpoint failure has one (the table's test checks it).
+        let d = self.failure().disposition();
+        d.log.unwrap_or(LogCode::UpstreamNoResponse)
     }
 
     /// The response when this was the last attempt and the request is not queued.
     pub fn reply(&self) -> Reply {
-        match self {
-            AttemptError::Connect(_) | AttemptError::NoResponse(_) => Reply::Unavailable,
-            AttemptError::Timeout => Reply::GatewayTimeout,
-            AttemptError::BadResponse(_) => Reply::BadGateway,
-        }
+        let d = self.failure().disposition();
+        d.reply.unwrap_or(Reply::Unavailable)
     }
 
     /// Classify a socket error met while waiting for the response head.
@@ -204,6 +218,163 @@ impl fmt::Display for AttemptError {
     }
 }
 
+/// Which side of the gateway a failure is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client: its request broke the rules, was too slow, or it went away.
+    Client,
+    /// An endpoint: it could not be reached, was too slow, or answered badly.
+    Endpoint,
+    /// ServiceQ itself: no capacity left, or its own storage failed.
+    Internal,
+}
+
+/// Whether another endpoint may be tried after a failure (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Not retried: no endpoint was involved, or the response is already under way to
+    /// the client.
+    Never,
+    /// The request never reached the endpoint: any request may go to another.
+    NotSent,
+    /// The endpoint may have received the request, but nothing of a response reached
+    /// the client: retried elsewhere, except an upgrade (its endpoint may have switched).
+    MaybeSent,
+}
+
+/// Every kind of request-path failure. The concrete errors (`ClientError`,
+/// `AttemptError`, `relay::RelayEnd::UpstreamBroke`) carry the details for the logs;
+/// [`Failure::disposition`] maps each kind to what ServiceQ does about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The request head or body broke HTTP/1.1 syntax or framing.
+    Malformed,
+    HeadTooLarge,
+    BodyTooLarge,
+    /// The head or the body did not arrive in time.
+    ClientTimeout,
+    UnsupportedVersion,
+    UnsupportedCoding,
+    /// The client went away (reading its request, or writing its response).
+    ClientGone,
+    /// `CONCURRENCY_PEAK` requests already held.
+    Flooded,
+    /// The request body's temporary file (CLIENT_BODY_TEMP_DIR) failed.
+    BodyStore,
+    /// Connecting failed: refused, unreachable, DNS, TLS handshake.
+    UpstreamDown,
+    /// Connecting or a wait for the response head exceeded the timeout.
+    UpstreamTimedOut,
+    /// The connection broke before a complete response head.
+    UpstreamNoResponse,
+    /// The response head was malformed or its framing ambiguous.
+    UpstreamBadResponse,
+    /// After the response head went to the client, the endpoint closed early, failed,
+    /// timed out or framed the body badly: the client's response is truncated.
+    UpstreamBrokeOff,
+}
+
+/// What ServiceQ does about a [`Failure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Disposition {
+    pub side: Side,
+    pub retry: Retry,
+    /// The generated response owed to the client (its status and `sq_msg` are
+    /// [`Reply::parts`]; `serviceq_replies_total` counts it when it is rendered). For an
+    /// endpoint failure before the response, it is the answer once every attempt failed
+    /// and the request is not queued. `None`: the client cannot receive one.
+    pub reply: Option<Reply>,
+    /// The SPEC §7 error-log line, written against the endpoint (or the listener).
+    pub log: Option<LogCode>,
+    /// Bumps the endpoint's error count (`balancer.rs` steers away from it) and its
+    /// `serviceq_upstream_failures_total{code=<log name>}`.
+    pub counts_against_endpoint: bool,
+}
+
+impl Failure {
+    /// The one mapping from a failure to its side, retry rule, response, log code and
+    /// counters (SPEC §4, §6, §7).
+    pub fn disposition(self) -> Disposition {
+        use Failure as F;
+        let (side, retry, reply, log) = match self {
+            F::Malformed => (Side::Client, Retry::Never, Some(Reply::BadRequest), None),
+            F::HeadTooLarge => (
+                Side::Client,
+                Retry::Never,
+                Some(Reply::HeaderTooLarge),
+                None,
+            ),
+            F::BodyTooLarge => (Side::Client, Retry::Never, Some(Reply::BodyTooLarge), None),
+            F::ClientTimeout => (
+                Side::Client,
+                Retry::Never,
+                Some(Reply::RequestTimeout),
+                None,
+            ),
+            F::UnsupportedVersion => (
+                Side::Client,
+                Retry::Never,
+                Some(Reply::VersionNotSupported),
+                None,
+            ),
+            F::UnsupportedCoding => (
+                Side::Client,
+                Retry::Never,
+                Some(Reply::NotImplemented),
+                None,
+            ),
+            F::ClientGone => (Side::Client, Retry::Never, None, None),
+            F::Flooded => (
+                Side::Internal,
+                Retry::Never,
+                Some(Reply::Flooded),
+                Some(LogCode::Flooded),
+            ),
+            // Logged on stderr with the directory; the error log is for endpoints.
+            F::BodyStore => (Side::Internal, Retry::Never, Some(Reply::Unavailable), None),
+            F::UpstreamDown => (
+                Side::Endpoint,
+                Retry::NotSent,
+                Some(Reply::Unavailable),
+                Some(LogCode::UpstreamDown),
+            ),
+            F::UpstreamTimedOut => (
+                Side::Endpoint,
+                Retry::MaybeSent,
+                Some(Reply::GatewayTimeout),
+                Some(LogCode::UpstreamTimedOut),
+            ),
+            F::UpstreamNoResponse => (
+                Side::Endpoint,
+                Retry::MaybeSent,
+                Some(Reply::Unavailable),
+                Some(LogCode::UpstreamNoResponse),
+            ),
+            F::UpstreamBadResponse => (
+                Side::Endpoint,
+                Retry::MaybeSent,
+                Some(Reply::BadGateway),
+                Some(LogCode::UpstreamBadResponse),
+            ),
+            // The head and part of the body are the client's already: nothing can be
+            // answered or retried; the connection is dropped.
+            F::UpstreamBrokeOff => (
+                Side::Endpoint,
+                Retry::Never,
+                None,
+                Some(LogCode::UpstreamBrokeOff),
+            ),
+        };
+        Disposition {
+            side,
+            retry,
+            reply,
+            log,
+            counts_against_endpoint: side == Side::Endpoint,
+        }
+    }
+}
+
 /// Blocking sockets report an expired `SO_RCVTIMEO` as `WouldBlock` on Unix.
 pub fn is_timeout(e: &io::Error) -> bool {
     matches!(
@@ -222,6 +393,7 @@ pub enum LogCode {
     UpstreamTimedOut,
     UpstreamNoResponse,
     UpstreamBadResponse,
+    UpstreamBrokeOff,
     /// The shared queue's engine could not confirm a push (SPEC §7 addition, 801).
     QueueEngineUnavailable,
     QueueEngineTimedOut,
@@ -233,6 +405,16 @@ pub enum LogCode {
     QueueFull,
 }
 
+/// The codes counted per endpoint (`upstream::Upstream::failures`, in this order) and
+/// exported as `serviceq_upstream_failures_total{code}`.
+pub const ENDPOINT_FAILURES: [LogCode; 5] = [
+    LogCode::UpstreamDown,
+    LogCode::UpstreamTimedOut,
+    LogCode::UpstreamNoResponse,
+    LogCode::UpstreamBadResponse,
+    LogCode::UpstreamBrokeOff,
+];
+
 impl LogCode {
     pub fn number(self) -> u16 {
         match self {
@@ -241,7 +423,8 @@ impl LogCode {
             LogCode::UpstreamDown => 701,
             LogCode::UpstreamTimedOut
             | LogCode::UpstreamNoResponse
-            | LogCode::UpstreamBadResponse => 702,
+            | LogCode::UpstreamBadResponse
+            | LogCode::UpstreamBrokeOff => 702,
             LogCode::QueueEngineUnavailable
             | LogCode::QueueEngineTimedOut
             | LogCode::QueueEngineRejected
@@ -260,6 +443,7 @@ impl LogCode {
             LogCode::UpstreamTimedOut => "UPSTREAM_TIMED_OUT",
             LogCode::UpstreamNoResponse => "UPSTREAM_NO_RESPONSE",
             LogCode::UpstreamBadResponse => "UPSTREAM_BAD_RESPONSE",
+            LogCode::UpstreamBrokeOff => "UPSTREAM_BROKE_OFF",
             LogCode::QueueEngineUnavailable => "QUEUE_ENGINE_UNAVAILABLE",
             LogCode::QueueEngineTimedOut => "QUEUE_ENGINE_TIMED_OUT",
             LogCode::QueueEngineRejected => "QUEUE_ENGINE_REJECTED",
@@ -274,6 +458,108 @@ impl LogCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ALL: [Failure; 14] = [
+        Failure::Malformed,
+        Failure::HeadTooLarge,
+        Failure::BodyTooLarge,
+        Failure::ClientTimeout,
+        Failure::UnsupportedVersion,
+        Failure::UnsupportedCoding,
+        Failure::ClientGone,
+        Failure::Flooded,
+        Failure::BodyStore,
+        Failure::UpstreamDown,
+        Failure::UpstreamTimedOut,
+        Failure::UpstreamNoResponse,
+        Failure::UpstreamBadResponse,
+        Failure::UpstreamBrokeOff,
+    ];
+
+    /// The table's invariants: endpoint failures, and only they, are logged against
+    /// and counted for an endpoint, with a code that has its own counter; only those
+    /// before the response may be retried; a client that is gone gets no reply.
+    #[test]
+    fn every_failure_has_a_coherent_disposition() {
+        for f in ALL {
+            let d = f.disposition();
+            let endpoint = d.side == Side::Endpoint;
+            assert_eq!(d.counts_against_endpoint, endpoint, "{f:?}");
+            if endpoint {
+                let code = d.log.unwrap_or_else(|| panic!("{f:?} has no log code"));
+                assert!(
+                    ENDPOINT_FAILURES.contains(&code),
+                    "{f:?}: {code:?} not counted"
+                );
+            } else {
+                assert_ne!(d.retry, Retry::MaybeSent, "{f:?}");
+                assert_ne!(d.retry, Retry::NotSent, "{f:?}");
+            }
+            if d.reply.is_none() {
+                assert_eq!(d.retry, Retry::Never, "{f:?}");
+            }
+        }
+        let gone = Failure::ClientGone.disposition();
+        assert_eq!(
+            (gone.side, gone.reply, gone.log),
+            (Side::Client, None, None)
+        );
+        let flood = Failure::Flooded.disposition();
+        assert_eq!(
+            (flood.side, flood.reply),
+            (Side::Internal, Some(Reply::Flooded))
+        );
+        assert_eq!(flood.log.map(LogCode::number), Some(601));
+    }
+
+    /// An endpoint that dies mid-body: nothing can be answered or retried, but the
+    /// failure is a 702 line and a count against the endpoint (README "Error log").
+    #[test]
+    fn a_body_cut_short_is_logged_and_counted_but_not_retried() {
+        let d = Failure::UpstreamBrokeOff.disposition();
+        assert_eq!(
+            (d.side, d.retry, d.reply),
+            (Side::Endpoint, Retry::Never, None)
+        );
+        let code = d.log.expect("a log code");
+        assert_eq!((code.number(), code.name()), (702, "UPSTREAM_BROKE_OFF"));
+        assert!(d.counts_against_endpoint);
+    }
+
+    #[test]
+    fn only_a_refused_connection_never_reached_the_endpoint() {
+        let refused = AttemptError::Connect(io::ErrorKind::ConnectionRefused.into());
+        assert_eq!(refused.failure().disposition().retry, Retry::NotSent);
+        for sent in [
+            AttemptError::Timeout,
+            AttemptError::NoResponse(io::ErrorKind::ConnectionReset.into()),
+            AttemptError::BadResponse("x"),
+        ] {
+            assert_eq!(
+                sent.failure().disposition().retry,
+                Retry::MaybeSent,
+                "{sent}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_client_error_maps_to_its_reply() {
+        let table = [
+            (ClientError::Malformed("x"), Some(Reply::BadRequest)),
+            (ClientError::HeadTimeout, Some(Reply::RequestTimeout)),
+            (ClientError::BodyTimeout, Some(Reply::RequestTimeout)),
+            (ClientError::UnsupportedCoding, Some(Reply::NotImplemented)),
+            (
+                ClientError::BodyStore(io::ErrorKind::Other.into()),
+                Some(Reply::Unavailable),
+            ),
+            (ClientError::Gone(io::ErrorKind::UnexpectedEof.into()), None),
+        ];
+        for (e, reply) in table {
+            assert_eq!(e.reply(), reply, "{e}");
+        }
+    }
 
     #[test]
     fn every_reply_has_its_spec_status_and_message() {

@@ -27,7 +27,6 @@ pub mod formats;
 pub mod forward;
 pub mod health;
 pub mod http;
-pub mod journal;
 pub mod linger;
 pub mod logging;
 pub mod metrics;

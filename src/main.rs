@@ -18,9 +18,9 @@ use serviceq::acme;
 use serviceq::config::QueueBackend;
 use serviceq::config::{self, Config, ConfigError};
 use serviceq::conn::Worker;
-use serviceq::journal::{Journal, JournalOptions};
 use serviceq::logging::{self, ErrorLog};
 use serviceq::proxy::{Durable, Logs, Proxy, TlsSetup};
+use serviceq::queue::journal::{Journal, JournalOptions};
 use serviceq::queue::redis::{self, LeaseState, RedisBackend, RedisOptions, RedisQueue};
 use serviceq::queue::Replay;
 use serviceq::server::{self, RunError};
@@ -347,7 +347,7 @@ fn check_shared(cfg: &Config) -> Result<Option<String>, String> {
 fn check_body_fits_journal(cfg: &Config) -> Result<(), String> {
     // Room for the request line, headers and the record's own framing.
     const HEAD_ROOM: u64 = 1 << 20;
-    let cap = serviceq::journal::MAX_PAYLOAD as u64 - HEAD_ROOM;
+    let cap = serviceq::queue::journal::MAX_PAYLOAD as u64 - HEAD_ROOM;
     if cfg.deferred_q_dir.is_some() && cfg.max_request_body > cap {
         return Err(startup_error(
             cfg,

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::error::Reply;
+use crate::error::{Reply, ENDPOINT_FAILURES};
 use crate::shared_queue::RedisStatus;
 
 /// Every generated reply, in the order of `REPLIES` (indexes of `replies`).
@@ -155,8 +155,8 @@ pub struct EndpointFigures {
     pub label: String,
     pub error_count: u32,
     pub attempts: u64,
-    /// Failed attempts by log-code name.
-    pub failures: [(&'static str, u64); 4],
+    /// Failures by log-code name (`ENDPOINT_FAILURES`).
+    pub failures: [(&'static str, u64); ENDPOINT_FAILURES.len()],
     pub idle_connections: usize,
     /// The active health checks' view, `None` while they are off.
     pub check: Option<CheckFigures>,
@@ -541,6 +541,7 @@ mod tests {
                 ("UPSTREAM_TIMED_OUT", 0),
                 ("UPSTREAM_NO_RESPONSE", 1),
                 ("UPSTREAM_BAD_RESPONSE", 0),
+                ("UPSTREAM_BROKE_OFF", 0),
             ],
             idle_connections: 1,
             check: Some(CheckFigures {
@@ -628,6 +629,7 @@ mod tests {
                 ("UPSTREAM_TIMED_OUT", base + 3),
                 ("UPSTREAM_NO_RESPONSE", base + 4),
                 ("UPSTREAM_BAD_RESPONSE", base + 5),
+                ("UPSTREAM_BROKE_OFF", base + 7),
             ],
             idle_connections: base as usize + 6,
             check,

@@ -11,9 +11,9 @@ use native_tls::TlsConnector;
 use crate::accesslog::AccessLog;
 pub use crate::attempt::{Scratch, Settings};
 use crate::config::Config;
-use crate::journal::{Journal, Pending};
 use crate::linger::Lingerer;
 use crate::logging::ErrorLog;
+use crate::queue::journal::{Journal, Pending};
 use crate::queue::{self, Queue, Replay, ReplayContext};
 use crate::tls::ListenerTls;
 use crate::wakeup::Wakeup;
@@ -53,6 +53,13 @@ fn hex_into(out: &mut [u8], mut n: u64) {
         *digit = b"0123456789abcdef"[(n & 0xf) as usize];
         n >>= 4;
     }
+}
+
+/// A worker's copy of the settings and the reload generation it was taken at: one
+/// atomic load tells whether it is still current (`Proxy::refresh`).
+pub struct CachedSettings {
+    generation: u64,
+    pub current: Arc<Settings>,
 }
 
 /// What every thread shares for the life of the process.
@@ -144,16 +151,22 @@ impl Proxy {
     }
 
     /// Refreshes `cached` if a reload happened since it was taken.
-    pub fn refresh(&self, cached: &mut (u64, Arc<Settings>)) {
+    pub fn refresh(&self, cached: &mut CachedSettings) {
         let now = self.generation.load(Ordering::Acquire);
-        if cached.0 != now {
-            *cached = (now, self.settings());
+        if cached.generation != now {
+            *cached = CachedSettings {
+                generation: now,
+                current: self.settings(),
+            };
         }
     }
 
     /// A snapshot with its generation, for `refresh`.
-    pub fn snapshot(&self) -> (u64, Arc<Settings>) {
-        (self.generation.load(Ordering::Acquire), self.settings())
+    pub fn snapshot(&self) -> CachedSettings {
+        CachedSettings {
+            generation: self.generation.load(Ordering::Acquire),
+            current: self.settings(),
+        }
     }
 
     /// SIGHUP: re-reads the configuration file. Endpoints, request formats, headers,

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::admin_queue::{load_token, percent_encode};
 use crate::config::{self, Config};
-use crate::journal::{Journal, JournalError, JournalOptions};
 use crate::queue::durable::JournalBackend;
+use crate::queue::journal::{Journal, JournalError, JournalOptions};
 use crate::queue::ops::{self, Op, Select};
 
 pub const USAGE: &str = "\

@@ -31,7 +31,7 @@ pub enum RelayEnd {
     /// Writing to the client failed.
     ClientGone,
     /// The endpoint broke off (or framed the body badly) mid-body; the client's response
-    /// is truncated and its connection must be closed.
+    /// is truncated and its connection must be closed (`error::Failure::UpstreamBrokeOff`).
     UpstreamBroke(String),
 }
 

@@ -12,7 +12,6 @@
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -20,9 +19,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::attempt::{AfterReply, ReplyBody};
 use crate::error::{LogCode, Reply};
 use crate::proxy::Proxy;
-use crate::slots::{state, Accepted, Pool, ServeConnection};
+use crate::slots::{Accepted, Pool, ServeConnection, WorkerState};
 
 /// Worker threads run blocking code with shallow stacks; 256 KiB of address space each
 /// (touched pages only are resident) keeps 2048 workers cheap while leaving room for
@@ -282,7 +282,7 @@ impl std::fmt::Display for RunError {
 fn worker_loop(id: usize, pool: &Pool, mut worker: impl ServeConnection, handoff: &Handoff) {
     let slot = &pool.slots[id];
     while let Some(accepted) = handoff.recv(id) {
-        slot.state.store(state::BUSY, Ordering::Release);
+        slot.state.store(WorkerState::Busy);
         slot.attach(accepted.stream.try_clone().ok());
         worker.serve(accepted, slot, pool);
         pool.finish(slot);
@@ -334,7 +334,9 @@ fn reject_flooded(mut stream: TcpStream, proxy: &Proxy, tls_rejects: Option<&Sen
         let _ = rejects.try_send(stream);
         return;
     }
-    let reply = proxy.settings().render_reply(Reply::Flooded, true, false);
+    let reply = proxy
+        .settings()
+        .render_reply(Reply::Flooded, AfterReply::Close, ReplyBody::Send);
     let _ = stream.set_nonblocking(true);
     let _ = stream.write_all(&reply);
     let _ = stream.shutdown(Shutdown::Write);
@@ -360,7 +362,11 @@ fn start_tls_rejecter(proxy: &Arc<Proxy>) -> io::Result<Option<Sender<TcpStream>
         .spawn(move || {
             for tcp in rx {
                 if let Ok(mut tls) = tls.accept(tcp, TLS_REJECT_HANDSHAKE) {
-                    let reply = proxy.settings().render_reply(Reply::Flooded, true, false);
+                    let reply = proxy.settings().render_reply(
+                        Reply::Flooded,
+                        AfterReply::Close,
+                        ReplyBody::Send,
+                    );
                     let _ = tls.write_all(&reply);
                     let _ = tls.shutdown();
                 }

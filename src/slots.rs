@@ -18,24 +18,74 @@ use std::time::Instant;
 pub const FIRST_BYTE_GRACE_MS: u64 = 250;
 
 /// What a worker is doing, as the acceptor sees it.
-pub mod state {
-    pub const FREE: u8 = 0;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum WorkerState {
+    Free = 0,
     /// Reading or serving a request: not reclaimable.
-    pub const BUSY: u8 = 1;
+    Busy = 1,
     /// Waiting between two requests on a keep-alive connection: reclaimable.
-    pub const IDLE: u8 = 2;
+    Idle = 2,
     /// The acceptor closed this worker's idle connection and counts it as reserved.
-    pub const RECLAIMED: u8 = 3;
+    Reclaimed = 3,
     /// Waiting for the first byte of a new connection's first request: reclaimable
     /// once a peek shows that nothing has arrived.
-    pub const FIRST: u8 = 4;
-    /// The acceptor is peeking at a `FIRST` connection; the worker waits for its verdict.
-    pub const CHECKING: u8 = 5;
+    First = 4,
+    /// The acceptor is peeking at a `First` connection; the worker waits for its verdict.
+    Checking = 5,
+}
+
+impl WorkerState {
+    const ALL: [WorkerState; 6] = [
+        WorkerState::Free,
+        WorkerState::Busy,
+        WorkerState::Idle,
+        WorkerState::Reclaimed,
+        WorkerState::First,
+        WorkerState::Checking,
+    ];
+
+    /// The state stored as `v`; only `AtomicState` stores, and it stores states.
+    fn from_u8(v: u8) -> WorkerState {
+        WorkerState::ALL
+            .get(usize::from(v))
+            .copied()
+            .unwrap_or(WorkerState::Free)
+    }
+}
+
+/// A [`WorkerState`] shared between a worker and the acceptor: an `AtomicU8`, with the
+/// conversions in this one place.
+pub struct AtomicState(AtomicU8);
+
+impl AtomicState {
+    const fn new(s: WorkerState) -> Self {
+        AtomicState(AtomicU8::new(s as u8))
+    }
+
+    pub fn load(&self) -> WorkerState {
+        WorkerState::from_u8(self.0.load(Ordering::Acquire))
+    }
+
+    pub fn store(&self, s: WorkerState) {
+        self.0.store(s as u8, Ordering::Release);
+    }
+
+    pub fn swap(&self, s: WorkerState) -> WorkerState {
+        WorkerState::from_u8(self.0.swap(s as u8, Ordering::AcqRel))
+    }
+
+    /// `from` → `to` if the state is `from`; false if it was something else.
+    pub fn move_from(&self, from: WorkerState, to: WorkerState) -> bool {
+        self.0
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
 }
 
 /// The acceptor's view of one worker.
 pub struct WorkerSlot {
-    pub state: AtomicU8,
+    pub state: AtomicState,
     /// Milliseconds since start when the worker went idle (to reclaim the oldest).
     idle_since: AtomicU64,
     /// A handle on the worker's client socket, to shut it down on reclaim.
@@ -45,20 +95,18 @@ pub struct WorkerSlot {
 impl WorkerSlot {
     pub(crate) fn new() -> Self {
         WorkerSlot {
-            state: AtomicU8::new(state::FREE),
+            state: AtomicState::new(WorkerState::Free),
             idle_since: AtomicU64::new(0),
             socket: Mutex::new(None),
         }
     }
 
-    /// Called by the worker when it waits for a further request (`state::IDLE`) or,
-    /// on a plain connection, for the first one (`state::FIRST`). Returns false if the
-    /// connection was reclaimed meanwhile.
-    pub fn go_idle(&self, now_ms: u64, waiting: u8) -> bool {
+    /// Called by the worker when it waits for a further request (`Idle`) or, on a
+    /// plain connection, for the first one (`First`). Returns false if the connection
+    /// was reclaimed meanwhile.
+    pub fn go_idle(&self, now_ms: u64, waiting: WorkerState) -> bool {
         self.idle_since.store(now_ms, Ordering::Relaxed);
-        self.state
-            .compare_exchange(state::BUSY, waiting, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        self.state.move_from(WorkerState::Busy, waiting)
     }
 
     /// Called by the worker when bytes of a request arrive. Returns false if the
@@ -68,19 +116,13 @@ impl WorkerSlot {
     /// woke the worker, so the acceptor gives the connection back.
     pub fn go_busy(&self) -> bool {
         loop {
-            match self.state.load(Ordering::Acquire) {
-                current @ (state::IDLE | state::FIRST) => {
-                    let swapped = self.state.compare_exchange(
-                        current,
-                        state::BUSY,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    );
-                    if swapped.is_ok() {
+            match self.state.load() {
+                current @ (WorkerState::Idle | WorkerState::First) => {
+                    if self.state.move_from(current, WorkerState::Busy) {
                         return true;
                     }
                 }
-                state::CHECKING => thread::yield_now(),
+                WorkerState::Checking => thread::yield_now(),
                 _ => return false,
             }
         }
@@ -107,22 +149,23 @@ impl WorkerSlot {
     /// is held in `CHECKING` while its socket is peeked: if bytes are there, it goes
     /// back to `FIRST` and its worker, woken by them, proceeds.
     pub(crate) fn claim(&self) -> Claim {
-        let cas = |from, to| {
-            self.state
-                .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        };
-        if cas(state::IDLE, state::RECLAIMED) {
+        if self
+            .state
+            .move_from(WorkerState::Idle, WorkerState::Reclaimed)
+        {
             return Claim::Taken;
         }
-        if !cas(state::FIRST, state::CHECKING) {
+        if !self
+            .state
+            .move_from(WorkerState::First, WorkerState::Checking)
+        {
             return Claim::Lost;
         }
         if self.is_silent() {
-            self.state.store(state::RECLAIMED, Ordering::Release);
+            self.state.store(WorkerState::Reclaimed);
             Claim::Taken
         } else {
-            self.state.store(state::FIRST, Ordering::Release);
+            self.state.store(WorkerState::First);
             Claim::HasBytes
         }
     }
@@ -144,10 +187,10 @@ pub(crate) enum Claim {
 /// Whether a worker in `state`, waiting since `since_ms`, may lose its connection to a
 /// new client at `now_ms`: between two requests at once, on a new connection after
 /// `FIRST_BYTE_GRACE_MS` of silence.
-pub(crate) fn is_reclaimable(state: u8, since_ms: u64, now_ms: u64) -> bool {
+pub(crate) fn is_reclaimable(state: WorkerState, since_ms: u64, now_ms: u64) -> bool {
     match state {
-        state::IDLE => true,
-        state::FIRST => now_ms.saturating_sub(since_ms) >= FIRST_BYTE_GRACE_MS,
+        WorkerState::Idle => true,
+        WorkerState::First => now_ms.saturating_sub(since_ms) >= FIRST_BYTE_GRACE_MS,
         _ => false,
     }
 }
@@ -244,8 +287,7 @@ impl Pool {
                 .enumerate()
                 .filter(|(i, s)| {
                     let since = s.idle_since.load(Ordering::Relaxed);
-                    is_reclaimable(s.state.load(Ordering::Acquire), since, now)
-                        && !skipped.contains(i)
+                    is_reclaimable(s.state.load(), since, now) && !skipped.contains(i)
                 })
                 .min_by_key(|(_, s)| s.idle_since.load(Ordering::Relaxed));
             let Some((i, slot)) = oldest else {
@@ -265,7 +307,7 @@ impl Pool {
     /// Shuts down every connection waiting between requests (used when stopping).
     pub(crate) fn close_idle_connections(&self) {
         for slot in &self.slots {
-            if slot.state.load(Ordering::Acquire) == state::IDLE {
+            if slot.state.load() == WorkerState::Idle {
                 slot.shutdown_socket();
             }
         }
@@ -275,7 +317,7 @@ impl Pool {
     /// counted it as reserved when reclaiming it.
     pub(crate) fn finish(&self, slot: &WorkerSlot) {
         slot.attach(None);
-        if slot.state.swap(state::FREE, Ordering::AcqRel) != state::RECLAIMED {
+        if slot.state.swap(WorkerState::Free) != WorkerState::Reclaimed {
             self.free.fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -296,24 +338,35 @@ pub trait ServeConnection: Send + 'static {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_reclaimable, is_silent_peek, state, FIRST_BYTE_GRACE_MS};
+    use super::{is_reclaimable, is_silent_peek, WorkerState, FIRST_BYTE_GRACE_MS};
     use std::io;
 
     #[test]
     fn waits_without_a_request_are_reclaimable_new_ones_after_the_grace() {
         let g = FIRST_BYTE_GRACE_MS;
         let cases = [
-            (state::IDLE, 100, 100, true),
-            (state::FIRST, 100, 100, false),
-            (state::FIRST, 100, 100 + g - 1, false),
-            (state::FIRST, 100, 100 + g, true),
-            (state::BUSY, 0, 10 * g, false),
-            (state::CHECKING, 0, 10 * g, false),
-            (state::RECLAIMED, 0, 10 * g, false),
-            (state::FREE, 0, 10 * g, false),
+            (WorkerState::Idle, 100, 100, true),
+            (WorkerState::First, 100, 100, false),
+            (WorkerState::First, 100, 100 + g - 1, false),
+            (WorkerState::First, 100, 100 + g, true),
+            (WorkerState::Busy, 0, 10 * g, false),
+            (WorkerState::Checking, 0, 10 * g, false),
+            (WorkerState::Reclaimed, 0, 10 * g, false),
+            (WorkerState::Free, 0, 10 * g, false),
         ];
         for (st, since, now, want) in cases {
-            assert_eq!(is_reclaimable(st, since, now), want, "{st} {since} {now}");
+            assert_eq!(is_reclaimable(st, since, now), want, "{st:?} {since} {now}");
+        }
+    }
+
+    /// The stored byte and the state agree both ways, for every state.
+    #[test]
+    fn every_worker_state_survives_the_atomic() {
+        for st in WorkerState::ALL {
+            assert_eq!(WorkerState::from_u8(st as u8), st);
+            let cell = super::AtomicState::new(WorkerState::Free);
+            cell.store(st);
+            assert_eq!(cell.load(), st);
         }
     }
 

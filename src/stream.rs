@@ -1,5 +1,9 @@
-//! `Stream`: a TCP connection, plain or TLS, as one `Read + Write` type, so that no
-//! other file branches on TLS.
+//! `Stream`: a TCP connection, plain or TLS, as one `Read + Write` type, so that
+//! reading, writing and relaying never branch on TLS. The few places that must, branch
+//! on the variant themselves: making the stream (`conn.rs` for clients, `upstream.rs`
+//! for endpoints), what only a plain socket allows (the blocking first-byte peek and
+//! the lingering close in `conn.rs`, the kernel copy (`sendfile`/`splice`) of a body file in
+//! `body.rs`), and checking an idle pooled connection (`upstream.rs::is_quiet`).
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};

@@ -19,7 +19,7 @@ use native_tls::TlsConnector;
 use crate::body::Body;
 use crate::buffer::IoBuf;
 use crate::config::{Endpoint, Scheme};
-use crate::error::{AttemptError, LogCode};
+use crate::error::{AttemptError, LogCode, ENDPOINT_FAILURES};
 use crate::http::{parse_response_into, HeadError, HeadLimits, ResponseHead};
 use crate::stream::{write_all_vectored, Stream};
 
@@ -47,19 +47,11 @@ pub struct Upstream {
     idle: Mutex<Vec<(Stream, Instant)>>,
     /// Attempts made on this endpoint, for /metrics.
     pub attempts: AtomicU64,
-    /// Failed attempts by `LogCode` (in `FAILURE_CODES` order), for /metrics.
-    pub failures: [AtomicU64; 4],
+    /// Failures by `LogCode` (in `ENDPOINT_FAILURES` order), for /metrics.
+    pub failures: [AtomicU64; ENDPOINT_FAILURES.len()],
     /// What the active health checks say of it (`health.rs`).
     pub health: crate::checks::EndpointHealth,
 }
-
-/// The failure codes counted per endpoint, in the order of `Upstream::failures`.
-pub const FAILURE_CODES: [LogCode; 4] = [
-    LogCode::UpstreamDown,
-    LogCode::UpstreamTimedOut,
-    LogCode::UpstreamNoResponse,
-    LogCode::UpstreamBadResponse,
-];
 
 impl Upstream {
     fn new(endpoint: Endpoint) -> Self {
@@ -70,7 +62,7 @@ impl Upstream {
             errors: AtomicU32::new(0),
             idle: Mutex::new(Vec::new()),
             attempts: AtomicU64::new(0),
-            failures: [const { AtomicU64::new(0) }; 4],
+            failures: [const { AtomicU64::new(0) }; ENDPOINT_FAILURES.len()],
             health: crate::checks::EndpointHealth::default(),
         }
     }
@@ -81,7 +73,7 @@ impl Upstream {
 
     pub fn record_failure(&self, code: LogCode) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        if let Some(i) = FAILURE_CODES.iter().position(|&c| c == code) {
+        if let Some(i) = ENDPOINT_FAILURES.iter().position(|&c| c == code) {
             self.failures[i].fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -250,19 +242,19 @@ impl Upstreams {
         up.attempts.fetch_add(1, Ordering::Relaxed);
         if let Some(conn) = up.checkout(held.take(self, idx)) {
             match self.exchange(conn, up, req, buf, head) {
-                Err(Failure::Stale(e)) => {
+                Err(ExchangeError::Stale(e)) => {
                     log::debug!(
                         "{}: pooled connection was closed ({e}); redialling",
                         up.label
                     )
                 }
-                Err(Failure::Attempt(e)) => return Err(e),
+                Err(ExchangeError::Attempt(e)) => return Err(e),
                 Ok(ex) => return Ok(ex),
             }
         }
         let conn = self.dial(up)?;
         self.exchange(conn, up, req, buf, head)
-            .map_err(Failure::into_attempt)
+            .map_err(ExchangeError::into_attempt)
     }
 
     fn exchange(
@@ -272,7 +264,7 @@ impl Upstreams {
         req: &OutgoingRequest<'_>,
         buf: &mut IoBuf,
         head: &mut ResponseHead,
-    ) -> Result<Exchange, Failure> {
+    ) -> Result<Exchange, ExchangeError> {
         buf.clear();
         let sent = write_all_vectored(
             &mut conn,
@@ -352,33 +344,34 @@ impl Upstreams {
     }
 }
 
-/// How an exchange failed: on a reused connection, an early close means the server had
-/// dropped it while idle, which is not the endpoint's fault.
-enum Failure {
+/// How an exchange failed, before it becomes an `AttemptError`: on a reused connection,
+/// an early close means the server had dropped it while idle, which is not the
+/// endpoint's fault (the attempt redials, and only a fresh connection's failure counts).
+enum ExchangeError {
     Stale(io::Error),
     Attempt(AttemptError),
 }
 
-impl Failure {
+impl ExchangeError {
     fn stale_or_lost(e: io::Error) -> Self {
         if crate::error::is_timeout(&e) {
-            Failure::Attempt(AttemptError::Timeout)
+            ExchangeError::Attempt(AttemptError::Timeout)
         } else {
-            Failure::Stale(e)
+            ExchangeError::Stale(e)
         }
     }
 
     fn into_attempt(self) -> AttemptError {
         match self {
-            Failure::Stale(e) => AttemptError::NoResponse(e),
-            Failure::Attempt(e) => e,
+            ExchangeError::Stale(e) => AttemptError::NoResponse(e),
+            ExchangeError::Attempt(e) => e,
         }
     }
 }
 
-impl From<AttemptError> for Failure {
+impl From<AttemptError> for ExchangeError {
     fn from(e: AttemptError) -> Self {
-        Failure::Attempt(e)
+        ExchangeError::Attempt(e)
     }
 }
 
@@ -436,7 +429,7 @@ fn read_response_head(
     buf: &mut IoBuf,
     req: &OutgoingRequest<'_>,
     head: &mut ResponseHead,
-) -> Result<(), Failure> {
+) -> Result<(), ExchangeError> {
     let mut received_any = false;
     loop {
         if !buf.is_empty() {
@@ -465,14 +458,16 @@ fn read_response_head(
         }
         match buf.read_from(conn, MAX_RESPONSE_HEAD_BYTES) {
             Ok(Some(0)) if !received_any => {
-                return Err(Failure::stale_or_lost(io::ErrorKind::UnexpectedEof.into()))
+                return Err(ExchangeError::stale_or_lost(
+                    io::ErrorKind::UnexpectedEof.into(),
+                ))
             }
             Ok(Some(0)) => {
                 return Err(AttemptError::NoResponse(io::ErrorKind::UnexpectedEof.into()).into())
             }
             Ok(Some(_)) => received_any = true,
             Ok(None) => return Err(AttemptError::BadResponse("response head too large").into()),
-            Err(e) if !received_any => return Err(Failure::stale_or_lost(e)),
+            Err(e) if !received_any => return Err(ExchangeError::stale_or_lost(e)),
             Err(e) => return Err(AttemptError::from_read(e).into()),
         }
     }
@@ -491,9 +486,9 @@ fn read_early_response(
     req: &OutgoingRequest<'_>,
     head: &mut ResponseHead,
     write_error: io::Error,
-) -> Result<(), Failure> {
+) -> Result<(), ExchangeError> {
     if crate::error::is_timeout(&write_error) {
-        return Err(Failure::Attempt(AttemptError::Timeout));
+        return Err(ExchangeError::Attempt(AttemptError::Timeout));
     }
     // A request cut short switches nothing: a 101 here is not relayed as one.
     let cut_short = OutgoingRequest {
@@ -505,7 +500,7 @@ fn read_early_response(
             head.keep_alive = false;
             Ok(())
         }
-        Err(_) => Err(Failure::stale_or_lost(write_error)),
+        Err(_) => Err(ExchangeError::stale_or_lost(write_error)),
     }
 }
 

@@ -371,8 +371,10 @@ fn memory_queue_is_bounded_by_its_own_limit() {
         .map(|i| post(sq.addr(), &format!("/m/{i}"), &body_of(i, MIB)))
         .collect();
     assert_eq!(statuses, vec![503; 5]);
-    let buffered = sq.stderr().matches("not queued").count();
-    assert_eq!(buffered, 3, "stderr: {}", sq.stderr());
+    // The log line is written before the reply; stderr reaches us a moment later.
+    let refused = || sq.stderr().matches("not queued").count();
+    wait_until(Duration::from_secs(10), || refused() >= 3);
+    assert_eq!(refused(), 3, "stderr: {}", sq.stderr());
     assert!(sq
         .stderr()
         .contains("DEFERRED_Q_MAX_MEMORY (3000000 bytes)"));

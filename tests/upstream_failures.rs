@@ -347,3 +347,35 @@ fn early_response_before_the_body_is_read_is_relayed() {
         "the request was tried again or replayed"
     );
 }
+
+/// An endpoint that dies after its response head went to the client: the client's
+/// response is cut short (it cannot be answered or retried), and the failure is one
+/// 702 UPSTREAM_BROKE_OFF line in the error log, a bump of the endpoint's error count,
+/// and one `serviceq_upstream_failures_total{code="UPSTREAM_BROKE_OFF"}` (README
+/// "Error log").
+#[test]
+fn endpoint_dying_mid_body_is_logged_and_counted() {
+    let u = Upstream::start(Behaviour::CloseMidBody);
+    let (sq, admin) = start_with_admin(conf(&[u.url()]).set("MAX_RETRIES", "3"));
+    let mut c = Client::connect(sq.addr());
+    c.set_read_timeout(Duration::from_secs(10));
+    c.send("GET /cut HTTP/1.1\r\nHost: x\r\n\r\n");
+    let _ = c.try_read_response(false);
+    assert_one_log_line(&sq, &u.url(), 702, "UPSTREAM_BROKE_OFF");
+    assert_eq!(
+        u.request_count(),
+        1,
+        "a response under way is never retried"
+    );
+    let sample = |name: &str, code: Option<&str>| {
+        let labels = match code {
+            Some(code) => format!("{{endpoint=\"{}\",code=\"{code}\"}}", u.url()),
+            None => format!("{{endpoint=\"{}\"}}", u.url()),
+        };
+        metric_sample(admin, &format!("{name}{labels}"))
+    };
+    let failures = "serviceq_upstream_failures_total";
+    assert_eq!(sample(failures, Some("UPSTREAM_BROKE_OFF")), Some(1.0));
+    assert_eq!(sample(failures, Some("UPSTREAM_NO_RESPONSE")), Some(0.0));
+    assert_eq!(sample("serviceq_upstream_error_count", None), Some(1.0));
+}

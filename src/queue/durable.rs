@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime};
 
 use super::ops::{DeadInfo, Listed, OpsError, Removed, Select, Shown};
 use super::{Backend, Delivery, PushError, QueuedRequest, Summary};
-use crate::journal::{DeadLetter, Journal, Pending};
 use crate::logging::escaped;
+use crate::queue::journal::{DeadLetter, Journal, Pending};
 
 struct State {
     /// Queued records, oldest first.
@@ -386,7 +386,7 @@ impl JournalBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::JournalOptions;
+    use crate::queue::journal::JournalOptions;
     use crate::queue::tests::{ids, request, with_id};
 
     fn temp_dir(name: &str) -> std::path::PathBuf {

@@ -26,10 +26,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::body::Body;
-use crate::journal::{Journal, Payload, Pending};
+use crate::queue::journal::{Journal, Payload, Pending};
 use ops::{unsupported, Listed, OpsError, Removed, Select, Shown};
 
 pub mod durable;
+pub mod journal;
 pub mod memory;
 pub mod ops;
 pub mod redis;

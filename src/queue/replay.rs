@@ -9,9 +9,9 @@ use std::thread;
 use std::time::Duration;
 
 use super::{Backend, Delivery};
-use crate::attempt::{Scratch, Settings};
+use crate::attempt::{endpoint_failed, Scratch, Settings};
 use crate::buffer::IoBuf;
-use crate::error::AttemptError;
+use crate::error::{AttemptError, Failure};
 use crate::logging::escaped;
 use crate::logging::ErrorLog;
 use crate::metrics::{inc, METRICS};
@@ -211,10 +211,20 @@ fn deliver(
         resp.keep_alive,
         &mut sink,
     );
-    if end == (RelayEnd::Complete { reusable: true }) {
-        settings
-            .upstreams
-            .release(idx, exchange.conn, &mut scratch.held);
+    match &end {
+        RelayEnd::Complete { reusable: true } => {
+            settings
+                .upstreams
+                .release(idx, exchange.conn, &mut scratch.held);
+        }
+        // The endpoint answered (it has the request): delivered, but its failure is
+        // logged and counted as a client's would be.
+        RelayEnd::UpstreamBroke(why) => {
+            log::warn!("{endpoint} broke off mid-response to a replay: {why}");
+            let up = &settings.upstreams.list[idx];
+            endpoint_failed(proxy.errlog(), up, Failure::UpstreamBrokeOff);
+        }
+        _ => {}
     }
     let status = exchange.head.status;
     scratch.reuse_head(exchange.head);

@@ -120,6 +120,10 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Cli, String> {
 
 /// The operation's JSON answer, from the journal itself or from the running process.
 fn execute(cfg: &Config, op: &Op) -> Result<serde_json::Value, String> {
+    if let crate::config::QueueBackend::Redis(_) = cfg.deferred_q_backend {
+        let why = "the queue is shared on Redis: a running ServiceQ reads and changes it";
+        return online(cfg, op, why);
+    }
     let Some(dir) = &cfg.deferred_q_dir else {
         return online(
             cfg,

@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{Entry, RedisQueue, RedisQueueError, RedisStatus};
+use super::{Entry, EntryId, RedisQueue, RedisQueueError, RedisStatus, Retried, Stored, Stream};
 use crate::logging::escaped;
+use crate::queue::ops::{self, DeadInfo, Listed, OpsError, Removed, Select, Shown, Tries};
 use crate::queue::{Backend, Delivery, PushError, QueuedRequest};
 
 /// How often an idle replayer that holds the lease looks for a new head (one engine
@@ -24,6 +25,8 @@ struct State {
     closed: bool,
     /// The last engine error the replay side met (logged once until it changes).
     last_error: Option<String>,
+    /// Tries of the head handed out last (this instance's memory only).
+    tries: Tries,
 }
 
 pub struct RedisBackend {
@@ -43,6 +46,7 @@ impl RedisBackend {
                 current: None,
                 closed: false,
                 last_error: None,
+                tries: None,
             }),
             wake: Condvar::new(),
             handed: AtomicU64::new(0),
@@ -178,11 +182,15 @@ impl Backend for RedisBackend {
     }
 
     fn dead_letter(&self, d: &Delivery) {
+        self.dead_letter_because(d, "DEFERRED_Q_MAX_AGE");
+    }
+
+    fn dead_letter_because(&self, d: &Delivery, reason: &str) {
         let Some(entry) = self.entry(d) else { return };
         let waited = d.req.queued_at.elapsed();
-        match self.queue.dead_letter(&entry, "DEFERRED_Q_MAX_AGE") {
+        match self.queue.dead_letter(&entry, reason) {
             Ok(true) => log::warn!(
-                "{} {} (X-Request-Id {}) queued {waited:.1?}: moved to the dead-letter stream",
+                "{} {} (X-Request-Id {}) queued {waited:.1?}: moved to the dead-letter stream ({reason})",
                 d.req.method,
                 escaped(&d.req.target),
                 d.req.request_id
@@ -224,5 +232,189 @@ impl Backend for RedisBackend {
 
     fn shared_status(&self) -> Option<RedisStatus> {
         Some(self.queue.status())
+    }
+
+    /// False once an operator dropped the head (it is gone from the stream). An
+    /// engine that does not answer gets the benefit of the doubt: the fenced ack
+    /// decides then.
+    fn attempt(&self, d: &Delivery) -> bool {
+        let Some(entry) = self.entry(d) else {
+            return false;
+        };
+        if let Ok(false) = self.queue.exists(&entry.id) {
+            return false;
+        }
+        ops::count_try(&mut self.lock().tries, d.id);
+        true
+    }
+
+    fn list(&self, limit: usize) -> Result<Vec<Listed>, OpsError> {
+        let rows = self.queue.entries(Stream::Queue, limit).map_err(engine)?;
+        Ok(self.listed(&rows, false))
+    }
+
+    fn list_dead(&self, limit: usize) -> Result<Vec<Listed>, OpsError> {
+        let rows = self.queue.entries(Stream::Dead, limit).map_err(engine)?;
+        Ok(self.listed(&rows, true))
+    }
+
+    fn show(&self, id: &str) -> Result<Shown, OpsError> {
+        let queued = self.matching(Stream::Queue, |r| r == id)?;
+        let dead = self.matching(Stream::Dead, |r| r == id)?;
+        let sharing = queued.len() + dead.len();
+        let (entry, req) = queued
+            .into_iter()
+            .chain(dead)
+            .next()
+            .ok_or_else(|| OpsError::NotFound(id.to_string()))?;
+        Ok(Shown {
+            entry,
+            request_line: req.request_line.clone(),
+            headers: req.headers.clone(),
+            body: req.body.to_vec()?,
+            sharing,
+        })
+    }
+
+    fn retry_dead(&self, which: &Select) -> Result<usize, OpsError> {
+        let rows = self
+            .queue
+            .entries(Stream::Dead, usize::MAX)
+            .map_err(engine)?;
+        let mut moved = 0;
+        for row in rows {
+            let Some(req) = decoded(&row) else { continue };
+            if !which.matches(&req.request_id) {
+                continue;
+            }
+            match self.queue.retry_dead(&row.id).map_err(engine)? {
+                Retried::Moved => moved += 1,
+                Retried::Gone => {}
+                Retried::Full => {
+                    return Err(OpsError::Io(std::io::Error::other(format!(
+                        "the shared queue is at its cap: {moved} retried, the rest stay dead"
+                    ))))
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    fn remove(&self, ids: &[String]) -> Result<Removed, OpsError> {
+        let wanted = |r: &str| ids.iter().any(|i| i == r);
+        let queued = self.ids_matching(Stream::Queue, wanted)?;
+        let dead = self.ids_matching(Stream::Dead, wanted)?;
+        let remove = |which, found: &[EntryId]| self.queue.remove(which, found).map_err(engine);
+        Ok(Removed {
+            queued: remove(Stream::Queue, &queued)? as usize,
+            dead: remove(Stream::Dead, &dead)? as usize,
+            // The shared queue holds no CONCURRENCY_PEAK slots.
+            holds_freed: 0,
+        })
+    }
+
+    fn purge_dead(&self) -> Result<usize, OpsError> {
+        Ok(self.queue.purge_dead().map_err(engine)? as usize)
+    }
+}
+
+/// An engine error as the operator sees it.
+fn engine(e: RedisQueueError) -> OpsError {
+    OpsError::Io(std::io::Error::other(e.to_string()))
+}
+
+/// A stream entry's request (None for one whose payload does not decode).
+fn decoded(row: &Stored) -> Option<QueuedRequest> {
+    let appended_at = SystemTime::now()
+        .checked_sub(row.age)
+        .unwrap_or_else(SystemTime::now);
+    QueuedRequest::decode(row.field("p")?, appended_at).ok()
+}
+
+/// Why and when a `dead` entry was dead-lettered: its own id is the when.
+fn dead_info(row: &Stored) -> DeadInfo {
+    let at = super::scripts::id_millis(&row.id.0)
+        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+    DeadInfo {
+        reason: row
+            .field("reason")
+            .map(|r| String::from_utf8_lossy(r).into_owned()),
+        at,
+    }
+}
+
+/// A dead letter's age counts from when it was buffered (its `id` field).
+fn dead_age(row: &Stored) -> Duration {
+    let born = row
+        .field("id")
+        .and_then(|id| std::str::from_utf8(id).ok())
+        .and_then(super::scripts::id_millis);
+    born.map_or(row.age, |ms| {
+        Duration::from_millis(row.now_ms.saturating_sub(ms))
+    })
+}
+
+impl RedisBackend {
+    /// Tries counted for the stream entry `id` (the head this instance delivers).
+    fn attempts_of(&self, id: &EntryId) -> u32 {
+        let st = self.lock();
+        match &st.current {
+            Some((n, e)) if e.id == *id => ops::tries_of(st.tries, *n),
+            _ => 0,
+        }
+    }
+
+    fn listed_one(&self, position: usize, row: &Stored, req: &QueuedRequest, dead: bool) -> Listed {
+        Listed {
+            position,
+            request_id: req.request_id.clone(),
+            method: req.method.clone(),
+            target: req.target.clone(),
+            body_bytes: req.body.len(),
+            age: if dead { dead_age(row) } else { row.age },
+            attempts: if dead { 0 } else { self.attempts_of(&row.id) },
+            dead: dead.then(|| dead_info(row)),
+        }
+    }
+
+    /// Rows as listing lines; an entry that does not decode is left out (the replay
+    /// loop dead-letters it when it reaches the head).
+    fn listed(&self, rows: &[Stored], dead: bool) -> Vec<Listed> {
+        rows.iter()
+            .enumerate()
+            .filter_map(|(i, row)| Some(self.listed_one(i + 1, row, &decoded(row)?, dead)))
+            .collect()
+    }
+
+    /// Every entry of `which` whose X-Request-Id `wanted` takes, with its request.
+    fn matching(
+        &self,
+        which: Stream,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(Listed, QueuedRequest)>, OpsError> {
+        let rows = self.queue.entries(which, usize::MAX).map_err(engine)?;
+        let dead = which == Stream::Dead;
+        Ok(rows
+            .iter()
+            .enumerate()
+            .filter_map(|(i, row)| {
+                let req = decoded(row).filter(|r| wanted(&r.request_id))?;
+                Some((self.listed_one(i + 1, row, &req, dead), req))
+            })
+            .collect())
+    }
+
+    /// The stream ids of the entries of `which` whose X-Request-Id `wanted` takes.
+    fn ids_matching(
+        &self,
+        which: Stream,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<Vec<EntryId>, OpsError> {
+        let rows = self.queue.entries(which, usize::MAX).map_err(engine)?;
+        Ok(rows
+            .into_iter()
+            .filter(|row| decoded(row).is_some_and(|r| wanted(&r.request_id)))
+            .map(|row| row.id)
+            .collect())
     }
 }

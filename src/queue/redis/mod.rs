@@ -18,7 +18,18 @@
 //! Fields of a `q` entry: `p` = payload, `by` = the instance id that buffered it.
 //! Fields of a `dead` entry: `p` = payload, `id` = its id in `q`, `reason` = why,
 //! `by` = the instance that moved it. Either entry's own id is its time on the engine's
-//! clock (milliseconds, then a sequence number).
+//! clock (milliseconds, then a sequence number): a `dead` entry's id is when it was
+//! dead-lettered, its `id` field when it was buffered.
+//!
+//! # Operating the queue (`serviceq queue`; see `ops`)
+//!
+//! Listing is XRANGE over `q` or `dead` (with TIME, for ages on the engine's clock);
+//! a drop is XDEL on either stream; a retry is the RETRY script per dead letter, in
+//! dead-letter order (cap check, XADD to `q`'s tail, XDEL from `dead`, atomically); a
+//! purge is the PURGE script (XLEN, DEL). None takes the lease: a dropped head makes
+//! the fenced ACK and DEAD no-ops, and the replayer checks that its head still exists
+//! before each try. Delivery tries are counted by the replayer in its memory only, so
+//! a listing from another instance shows 0.
 //!
 //! # Steps (each one Lua script, so it is atomic on the engine; see `scripts`)
 //!
@@ -58,6 +69,7 @@ mod check;
 mod engine;
 mod error;
 mod lease;
+mod ops;
 mod scripts;
 
 use std::io;
@@ -79,6 +91,7 @@ pub use check::EngineReport;
 use engine::{Deadline, Engine};
 pub use error::RedisQueueError;
 use lease::Held;
+pub use ops::{Retried, Stored, Stream};
 use scripts::{HeadReply, LeaseReply, Pushed, Scripts};
 
 /// How to reach the shared queue and how it behaves.

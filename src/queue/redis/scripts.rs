@@ -103,6 +103,28 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 ";
 
+/// RETRY — KEYS: dead-letter stream, stream. ARGV: dead entry id, cap, instance id.
+/// `1` = moved to the queue's tail, `0` = no such dead letter, `-1` = the queue is
+/// full (the dead letter stays). The payload moves as it is.
+const RETRY: &str = r"
+local e = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #e == 0 then return 0 end
+if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[2]) then return -1 end
+local f, p = e[1][2], nil
+for i = 1, #f, 2 do if f[i] == 'p' then p = f[i + 1] end end
+if not p then return 0 end
+redis.call('XADD', KEYS[2], '*', 'p', p, 'by', ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[1])
+return 1
+";
+
+/// PURGE — KEYS: dead-letter stream. How many entries it held, then it is gone.
+const PURGE: &str = r"
+local n = redis.call('XLEN', KEYS[1])
+redis.call('DEL', KEYS[1])
+return n
+";
+
 /// The scripts, hashed once (EVALSHA, falling back to EVAL on NOSCRIPT — a fresh
 /// primary after a failover or restart has an empty script cache).
 pub struct Scripts {
@@ -112,6 +134,8 @@ pub struct Scripts {
     pub dead: Script,
     pub lease: Script,
     pub release: Script,
+    pub retry: Script,
+    pub purge: Script,
 }
 
 impl Scripts {
@@ -123,6 +147,8 @@ impl Scripts {
             dead: Script::new(&format!("{DEAD}{NEXT}")),
             lease: Script::new(LEASE),
             release: Script::new(RELEASE),
+            retry: Script::new(RETRY),
+            purge: Script::new(PURGE),
         }
     }
 }
@@ -247,6 +273,25 @@ pub fn parse_lease(v: Value) -> Parsed<LeaseReply> {
     }
 }
 
+/// One stream entry as XRANGE gives it: its id and its field/value pairs.
+pub type RangeEntry = (String, Vec<(String, Vec<u8>)>);
+
+/// An XRANGE reply, in stream order.
+pub fn parse_range(v: Value) -> Parsed<Vec<RangeEntry>> {
+    let mut out = Vec::new();
+    for entry in items(v)? {
+        let mut it = items(entry)?.into_iter();
+        let id = text(it.next().ok_or(bad("entry without id"))?)?;
+        let mut flat = items(it.next().ok_or(bad("entry without fields"))?)?.into_iter();
+        let mut fields = Vec::new();
+        while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
+            fields.push((text(name)?, bytes(value)?));
+        }
+        out.push((id, fields));
+    }
+    Ok(out)
+}
+
 /// A stream id's milliseconds part: `1700000000000-3` → 1700000000000.
 pub fn id_millis(id: &str) -> Option<u64> {
     let (ms, seq) = id.split_once('-')?;
@@ -342,6 +387,21 @@ mod tests {
         ));
         assert!(parse_lease(reply(3)).is_err());
         assert!(parse_lease(arr(vec![Value::Int(0), s("x")])).is_err());
+    }
+
+    #[test]
+    fn range_replies() {
+        let entry = arr(vec![
+            s("5-1"),
+            arr(vec![s("p"), s("xyz"), s("by"), s("me")]),
+        ]);
+        let got = parse_range(arr(vec![entry])).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, "5-1");
+        assert_eq!(got[0].1[0], ("p".to_owned(), b"xyz".to_vec()));
+        assert_eq!(got[0].1[1], ("by".to_owned(), b"me".to_vec()));
+        assert!(parse_range(arr(vec![])).unwrap().is_empty());
+        assert!(parse_range(Value::Int(1)).is_err());
     }
 
     #[test]

@@ -10,26 +10,13 @@
 #[allow(dead_code)]
 mod support;
 
-use std::ffi::OsString;
-use std::fs;
-use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use support::queue::*;
+use support::queue_ops::*;
 use support::redis_server::{have_redis, Redis};
 use support::*;
-
-const HOST: &str = "redisops.test";
-const TOKEN: &str = "r3dis-token-7";
-
-fn token_file(dir: &TempDir) -> PathBuf {
-    let path = dir.join("admin.token");
-    fs::write(&path, format!("{TOKEN}\n")).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
 
 /// The shared queue on `redis` for POST, an admin listener and a token.
 fn ops_conf(u: &Upstream, redis: &Redis, token: &Path) -> Conf {
@@ -40,98 +27,6 @@ fn ops_conf(u: &Upstream, redis: &Redis, token: &Path) -> Conf {
         .set("ADMIN_ADDRESS", "127.0.0.1")
         .set("ADMIN_PORT", &refusing_port().to_string())
         .set("ADMIN_TOKEN_FILE", &token.display().to_string())
-}
-
-/// Starts the proxy and waits for its admin listener.
-fn start(body: &str) -> ServiceQ {
-    let sq = ServiceQ::start(body);
-    let port = body
-        .lines()
-        .find_map(|l| l.strip_prefix("ADMIN_PORT="))
-        .expect("ADMIN_PORT in the config");
-    let admin: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || TcpStream::connect(admin)
-            .is_ok()),
-        "admin listener not up; stderr:\n{}",
-        sq.stderr()
-    );
-    sq
-}
-
-fn buffer(sq: &ServiceQ, tag: &str, n: usize) {
-    for i in 0..n {
-        let raw = raw_request(
-            "POST",
-            HOST,
-            &format!("/{tag}/{i}"),
-            format!("body of {tag} {i}").as_bytes(),
-            Some(&format!("{tag}-{i}")),
-        );
-        assert_buffered(&request(sq.addr(), &raw), &format!("POST /{tag}/{i}"));
-    }
-}
-
-/// `serviceq queue ARGS… --config CONFIG`, which must succeed; its stdout.
-fn queue_ok(config: &Path, args: &[&str]) -> String {
-    let mut all: Vec<OsString> = vec!["queue".into()];
-    all.extend(args.iter().map(OsString::from));
-    all.extend(["--config".into(), config.as_os_str().to_owned()]);
-    let ran = run_binary(
-        TempDir::new("redisops-cli"),
-        config.to_path_buf(),
-        &all,
-        &[],
-        Duration::from_secs(20),
-    );
-    assert!(!ran.timed_out, "serviceq queue {args:?} hung");
-    assert_eq!(
-        ran.code(),
-        Some(0),
-        "serviceq queue {args:?}: {}",
-        ran.describe()
-    );
-    ran.stdout
-}
-
-/// `queue list [--dead] --json` as (id, method, target, body bytes).
-fn listing(config: &Path, dead: bool) -> Vec<(String, String, String, u64)> {
-    let args: &[&str] = if dead {
-        &["list", "--dead", "--json"]
-    } else {
-        &["list", "--json"]
-    };
-    let out = queue_ok(config, args);
-    let v: serde_json::Value =
-        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
-    v.as_array()
-        .unwrap_or_else(|| panic!("an array: {out}"))
-        .iter()
-        .map(|r| {
-            (
-                r["id"].as_str().unwrap().to_string(),
-                r["method"].as_str().unwrap().to_string(),
-                r["target"].as_str().unwrap().to_string(),
-                r["body_bytes"].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
-
-fn row(tag: &str, i: usize) -> (String, String, String, u64) {
-    let body = format!("body of {tag} {i}");
-    (
-        format!("{tag}-{i}"),
-        "POST".into(),
-        format!("/{tag}/{i}"),
-        body.len() as u64,
-    )
-}
-
-fn kept_config(sq: &ServiceQ, dir: &TempDir) -> PathBuf {
-    let path = dir.join("sq.properties");
-    fs::copy(sq.config_path(), &path).unwrap();
-    path
 }
 
 fn targets(u: &Upstream) -> Vec<String> {
@@ -146,7 +41,7 @@ fn list_show_and_drop_the_head_being_replayed() {
     let redis = Redis::primary();
     let secrets = TempDir::new("redisops-secret");
     let mut u = down_upstream(Behaviour::Echo);
-    let sq = start(&ops_conf(&u, &redis, &token_file(&secrets)).body());
+    let (sq, _admin) = start(&ops_conf(&u, &redis, &token_file(&secrets)).body());
     let config = kept_config(&sq, &secrets);
     buffer(&sq, "q", 3);
 
@@ -205,7 +100,7 @@ fn dead_letters_keep_their_reason_retry_in_order_and_purge() {
     let body = ops_conf(&u, &redis, &token_file(&secrets))
         .set("DEFERRED_Q_MAX_AGE", "1")
         .body();
-    let sq = start(&body);
+    let (sq, _admin) = start(&body);
     let config = kept_config(&sq, &secrets);
     buffer(&sq, "d", 4);
     assert!(

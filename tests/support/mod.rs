@@ -39,6 +39,8 @@ pub mod browser;
 pub mod prometheus;
 /// Deferred-queue helpers (raw requests with ids, drain and buffered checks).
 pub mod queue;
+// The `serviceq queue` command-line tests.
+pub mod queue_ops;
 /// Real redis-server / redis-sentinel processes for the shared-queue tests.
 pub mod redis_server;
 /// TLS helpers: openssl-made certificates, an `openssl s_server` endpoint, curl.

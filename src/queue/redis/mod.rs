@@ -418,7 +418,13 @@ impl Inner {
                 if confirmed < n {
                     // Not confirmed: the client will hear "not buffered", so the
                     // entry must not be replayed either, as far as we can help it.
-                    let _ = d.arm(conn).and_then(|()| {
+                    // Its own short grace: WAIT may have used the call's whole deadline,
+                    // and the client is not answered until this returns.
+                    let grace = d.remaining().max(UNCONFIRMED_CLEANUP_GRACE);
+                    let armed = conn
+                        .set_read_timeout(Some(grace))
+                        .and_then(|()| conn.set_write_timeout(Some(grace)));
+                    let _ = armed.and_then(|()| {
                         redis::cmd("XDEL")
                             .arg(&keys.stream)
                             .arg(id)
@@ -711,6 +717,9 @@ impl Inner {
 
 /// `WAIT n ms` with the engine's own wait ending a little before our deadline, so
 /// its reply (however many confirmed) arrives before our socket timeout.
+/// How long removing an unconfirmed entry may take when WAIT used the call's deadline.
+const UNCONFIRMED_CLEANUP_GRACE: Duration = Duration::from_millis(500);
+
 fn wait_replicas(
     conn: &mut redis::Connection,
     d: &Deadline,

@@ -56,6 +56,17 @@ enum Hold {
     Queued,
 }
 
+/// What waiting for a request came to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Waited {
+    /// The connection ended quietly (closed, timed out, reclaimed).
+    Nothing,
+    /// Bytes of a request are in the worker's buffer.
+    Buffered,
+    /// Bytes of a request are in the socket, unread (seen by a peek).
+    InSocket,
+}
+
 /// Which wait precedes a request head: the first on a connection, or a later one.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Wait {
@@ -328,8 +339,15 @@ impl Worker {
         slot: &WorkerSlot,
         pool: &Pool,
     ) -> Result<Option<RequestHead>, ClientError> {
-        if self.inbuf.is_empty() && !self.wait_for_request(client, wait, slot, pool)? {
-            return Ok(None);
+        // Whether the next read is known not to block (its bytes are in the socket), so
+        // it needs no timeout armed.
+        let mut in_socket = false;
+        if self.inbuf.is_empty() {
+            match self.wait_for_request(client, wait, slot, pool)? {
+                Waited::Nothing => return Ok(None),
+                Waited::Buffered => {}
+                Waited::InSocket => in_socket = true,
+            }
         }
         self.head_started = Instant::now();
         let cfg = &self.settings.current.cfg;
@@ -355,9 +373,11 @@ impl Worker {
             if left.is_zero() {
                 return Err(ClientError::HeadTimeout);
             }
-            client
-                .set_read_timeout(Some(left))
-                .map_err(ClientError::Gone)?;
+            if !std::mem::take(&mut in_socket) {
+                client
+                    .set_read_timeout(Some(left))
+                    .map_err(ClientError::Gone)?;
+            }
             let limit = cfg.max_header_size;
             if !read_client(&mut self.inbuf, client, limit, ClientError::HeadTimeout)? {
                 return Err(ClientError::HeadTooLarge);
@@ -369,50 +389,64 @@ impl Worker {
     /// CLIENT_HEADER_TIMEOUT, later ones KEEP_ALIVE_TIMEOUT; running out closes quietly,
     /// as nginx does, since no request was started. Both waits are reclaimable (the
     /// acceptor may close the connection to give its worker to a new client). The first
-    /// one, on a plain connection, waits with a blocking peek that leaves the bytes in
-    /// the socket, where the acceptor's own peek sees them before it reclaims: a new
-    /// client's request that has arrived is never dropped. (Through TLS, OpenSSL may
-    /// hold decrypted bytes a peek cannot see, so a TLS first wait is not reclaimable.)
+    /// one, on a plain connection, looks with a peek that leaves the bytes in the
+    /// socket, where the acceptor's own peek sees them before it reclaims: a new
+    /// client's request that has arrived is never dropped. Usually they are there at
+    /// once (the listener defers `accept` until they are), and a non-blocking peek is
+    /// all it takes. (Through TLS, OpenSSL may hold decrypted bytes a peek cannot see,
+    /// so a TLS first wait is not reclaimable.)
     fn wait_for_request(
         &mut self,
         client: &mut Client,
         wait: Wait,
         slot: &WorkerSlot,
         pool: &Pool,
-    ) -> Result<bool, ClientError> {
+    ) -> Result<Waited, ClientError> {
         let cfg = &self.settings.current.cfg;
         let timeout = match wait {
             Wait::First => Some(cfg.client_header_timeout),
             Wait::KeepAlive => cfg.keep_alive_timeout,
         };
         if timeout == Some(Duration::ZERO) {
-            return Ok(false);
+            return Ok(Waited::Nothing);
         }
         self.inbuf.shrink_to(IDLE_INBUF_BYTES);
+        if wait == Wait::First && matches!(client.stream, Stream::Plain(_)) {
+            if matches!(crate::stream::peek_nonblocking(client.stream.tcp()), Ok(n) if n > 0) {
+                return Ok(Waited::InSocket);
+            }
+            client
+                .set_read_timeout(timeout)
+                .map_err(ClientError::Gone)?;
+            if !slot.go_idle(pool.now_ms(), WorkerState::First) {
+                return Ok(Waited::Nothing);
+            }
+            let peeked = peek_blocking(client.stream.tcp());
+            // Reclaimed: the acceptor's peek found nothing, so no request is lost.
+            return Ok(match slot.go_busy() && matches!(peeked, Ok(n) if n > 0) {
+                true => Waited::InSocket,
+                false => Waited::Nothing,
+            });
+        }
         client
             .set_read_timeout(timeout)
             .map_err(ClientError::Gone)?;
-        if let (Wait::First, Stream::Plain(tcp)) = (wait, &client.stream) {
-            if !slot.go_idle(pool.now_ms(), WorkerState::First) {
-                return Ok(false);
-            }
-            let peeked = peek_blocking(tcp);
-            // Reclaimed: the acceptor's peek found nothing, so no request is lost.
-            return Ok(slot.go_busy() && matches!(peeked, Ok(n) if n > 0));
-        }
         let reclaimable = wait == Wait::KeepAlive;
         if reclaimable && !slot.go_idle(pool.now_ms(), WorkerState::Idle) {
-            return Ok(false);
+            return Ok(Waited::Nothing);
         }
         let limit = cfg.max_header_size;
         let read = read_client(&mut self.inbuf, client, limit, ClientError::HeadTimeout);
         if reclaimable && !slot.go_busy() {
             // The acceptor closed this connection to free the worker; whatever
             // arrived meanwhile is dropped with it, as on any keep-alive close race.
-            return Ok(false);
+            return Ok(Waited::Nothing);
         }
         // A close, a timeout or an error while waiting ends the connection quietly.
-        Ok(read.is_ok())
+        Ok(match read {
+            Ok(_) => Waited::Buffered,
+            Err(_) => Waited::Nothing,
+        })
     }
 
     /// Reads the whole body into `self.body` (it may be retried or queued), bounded by

@@ -266,6 +266,15 @@ impl Pool {
         self.peak - self.free.load(Ordering::Acquire)
     }
 
+    /// A free worker that accepted a connection itself counts itself busy. (It was
+    /// counted free, and nothing reserves workers while any worker accepts, so the
+    /// count is at least one; it saturates rather than trust that.)
+    pub(crate) fn take_free_worker(&self) {
+        let _ = self
+            .free
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| f.checked_sub(1));
+    }
+
     pub(crate) fn reserve_free_worker(&self) -> bool {
         self.free
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| f.checked_sub(1))

@@ -174,6 +174,33 @@ pub fn peek_nonblocking(tcp: &TcpStream) -> io::Result<usize> {
     socket2::SockRef::from(tcp).recv_with_flags(&mut probe, flags)
 }
 
+/// Sets TCP_DEFER_ACCEPT on a listening socket: the kernel hands a connection over once
+/// its first data has arrived, or `secs` after the handshake. Neither `std` (unstable)
+/// nor `socket2` offers it, hence the one `setsockopt` call written here.
+pub fn set_defer_accept(socket: &socket2::Socket, secs: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `setsockopt` reads exactly `len` bytes from the pointer, which points to
+    // `secs`, a live `c_int` on this stack frame for the whole call, and `len` is its
+    // size; the descriptor is borrowed from `socket`, open for the call's duration. The
+    // call writes nothing through the pointer (the kernel copies the value in).
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast::<libc::c_void>(),
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Writes every byte of `parts` in as few system calls as the kernel allows.
 pub fn write_all_vectored(w: &mut impl Write, parts: &[&[u8]]) -> io::Result<()> {
     // The slices live on the stack: callers pass a handful of parts.

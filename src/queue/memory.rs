@@ -219,13 +219,7 @@ impl Backend for MemoryBackend {
             .chain(dead.map(|(i, (r, info))| (listed(i + 1, r, 0, Some(info)), r)))
             .next();
         let (entry, req) = found.ok_or_else(|| OpsError::NotFound(id.to_string()))?;
-        Ok(Shown {
-            entry,
-            request_line: req.request_line.clone(),
-            headers: req.headers.clone(),
-            body: req.body.to_vec()?,
-            sharing,
-        })
+        Ok(Shown::of(entry, req, sharing)?)
     }
 
     fn retry_dead(&self, which: &Select) -> Result<usize, OpsError> {

@@ -87,6 +87,19 @@ pub struct Shown {
     pub sharing: usize,
 }
 
+impl Shown {
+    /// `req` in full, listed as `entry`; `sharing` as in [`Shown::sharing`].
+    pub fn of(entry: Listed, req: &super::QueuedRequest, sharing: usize) -> io::Result<Shown> {
+        Ok(Shown {
+            entry,
+            request_line: req.request_line.clone(),
+            headers: req.headers.clone(),
+            body: req.body.to_vec()?,
+            sharing,
+        })
+    }
+}
+
 /// Which dead letters `retry-dead` takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Select {

@@ -201,14 +201,6 @@ pub(super) fn header_in<'a>(headers: &'a [(String, String)], name: &str) -> Opti
         .map(|(_, v)| v.as_str())
 }
 
-pub(super) fn headers_named_in<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
-    headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-        .collect()
-}
-
 /// Whether a comma-separated header value lists `token` (case-insensitive).
 pub fn lists_token(value: &str, token: &str) -> bool {
     value
@@ -244,17 +236,36 @@ pub struct Response {
     pub raw_head: String,
 }
 
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        header_in(&self.headers, name)
+/// What a response the client read and a request the mock recorded share: headers
+/// looked up by name (case-insensitive) and a body read as text.
+pub trait Message {
+    fn header_list(&self) -> &[(String, String)];
+    fn body_bytes(&self) -> &[u8];
+
+    fn header(&self, name: &str) -> Option<&str> {
+        header_in(self.header_list(), name)
     }
 
-    pub fn headers_named(&self, name: &str) -> Vec<&str> {
-        headers_named_in(&self.headers, name)
+    fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.header_list()
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
-    pub fn body_str(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
+    fn body_str(&self) -> String {
+        String::from_utf8_lossy(self.body_bytes()).into_owned()
+    }
+}
+
+impl Message for Response {
+    fn header_list(&self) -> &[(String, String)] {
+        &self.headers
+    }
+
+    fn body_bytes(&self) -> &[u8] {
+        &self.body
     }
 }
 

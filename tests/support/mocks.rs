@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::clients::{bad, header_in, headers_named_in, BufConn};
+use super::clients::{bad, header_in, BufConn, Message};
 use super::{lists_token, split_head, wait_until};
 
 /// Read-timeout slice of the mock upstream: how often an idle mock connection checks
@@ -92,17 +92,13 @@ pub struct Recorded {
     pub at: Instant,
 }
 
-impl Recorded {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        header_in(&self.headers, name)
+impl Message for Recorded {
+    fn header_list(&self) -> &[(String, String)] {
+        &self.headers
     }
 
-    pub fn headers_named(&self, name: &str) -> Vec<&str> {
-        headers_named_in(&self.headers, name)
-    }
-
-    pub fn body_str(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
+    fn body_bytes(&self) -> &[u8] {
+        &self.body
     }
 }
 

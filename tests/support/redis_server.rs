@@ -6,12 +6,11 @@
 //! installs them, see `.ci/run`) and skips with a reason otherwise.
 
 use std::fs;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{require_tool, send_signal, wait_until, TempDir};
+use super::{refusing_port, require_tool, send_signal, wait_until, TempDir};
 
 /// How long a fresh redis-server gets to answer PING.
 const READY_DEADLINE: Duration = Duration::from_secs(10);
@@ -20,12 +19,6 @@ const READY_DEADLINE: Duration = Duration::from_secs(10);
 /// when not (see `require`).
 pub fn have_redis() -> bool {
     require_tool("redis-server", "--version") && require_tool("redis-sentinel", "--version")
-}
-
-/// A port nothing listens on right now (bind to 0, read, close).
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("local addr").port()
 }
 
 /// Opens a plain client connection (the test's own view of the engine).
@@ -134,7 +127,7 @@ impl Redis {
         args_for: impl Fn(u16, &TempDir) -> Vec<String>,
     ) -> Redis {
         for _ in 0..5 {
-            let port = free_port();
+            let port = refusing_port();
             let args = args_for(port, &dir);
             if let Some(child) = spawn(sentinel, &args, port) {
                 return Redis {

@@ -241,7 +241,8 @@ pub enum PushError {
 }
 
 impl PushError {
-    /// The error-log line this failure gets, if any: (the "endpoint", the code).
+    /// The error-log line this failure gets, if any: (the "endpoint", the code the
+    /// failure table in `crate::error` gives it).
     pub fn log_entry(&self) -> Option<(&str, crate::error::LogCode)> {
         match self {
             PushError::Engine { target, error } => Some((target, error.log_code())),

@@ -56,16 +56,8 @@ impl State {
 }
 
 fn listed(position: usize, req: &QueuedRequest, attempts: u32, dead: Option<&DeadInfo>) -> Listed {
-    Listed {
-        position,
-        request_id: req.request_id.clone(),
-        method: req.method.clone(),
-        target: req.target.clone(),
-        body_bytes: req.body.len(),
-        age: req.queued_at.elapsed(),
-        attempts,
-        dead: dead.cloned(),
-    }
+    let age = req.queued_at.elapsed();
+    Listed::of(position, req, age, attempts, dead.cloned())
 }
 
 pub struct MemoryBackend {

@@ -76,6 +76,28 @@ pub struct Listed {
     pub dead: Option<DeadInfo>,
 }
 
+impl Listed {
+    /// `req`'s line at `position`; what the backend knows of its age, tries and death.
+    pub fn of(
+        position: usize,
+        req: &super::QueuedRequest,
+        age: Duration,
+        attempts: u32,
+        dead: Option<DeadInfo>,
+    ) -> Listed {
+        Listed {
+            position,
+            request_id: req.request_id.clone(),
+            method: req.method.clone(),
+            target: req.target.clone(),
+            body_bytes: req.body.len(),
+            age,
+            attempts,
+            dead,
+        }
+    }
+}
+
 /// `serviceq queue show`: one request in full.
 #[derive(Debug)]
 pub struct Shown {

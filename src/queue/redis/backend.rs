@@ -359,16 +359,12 @@ impl RedisBackend {
     }
 
     fn listed_one(&self, position: usize, row: &Stored, req: &QueuedRequest, dead: bool) -> Listed {
-        Listed {
-            position,
-            request_id: req.request_id.clone(),
-            method: req.method.clone(),
-            target: req.target.clone(),
-            body_bytes: req.body.len(),
-            age: if dead { dead_age(row) } else { row.age },
-            attempts: if dead { 0 } else { self.attempts_of(&row.id) },
-            dead: dead.then(|| dead_info(row)),
-        }
+        let (age, attempts, info) = if dead {
+            (dead_age(row), 0, Some(dead_info(row)))
+        } else {
+            (row.age, self.attempts_of(&row.id), None)
+        };
+        Listed::of(position, req, age, attempts, info)
     }
 
     /// Rows as listing lines; an entry that does not decode is left out (the replay

@@ -248,3 +248,34 @@ pub fn sentinel_sees_replicas(sentinel: &Redis, master: &str, n: usize) -> bool 
             .is_ok_and(|r| r.len() >= n)
     })
 }
+
+/// A primary, one replica in sync with it, and a sentinel that knows both, watching
+/// the primary as `sq-master` (down after 500 ms): ready for a failover.
+pub struct Watched {
+    pub primary: Redis,
+    pub replica: Redis,
+    pub sentinel: Redis,
+    /// `redis+sentinel://…/sq-master`, for the queue.
+    pub url: String,
+}
+
+impl Watched {
+    pub fn start() -> Watched {
+        let primary = Redis::primary();
+        let replica = Redis::replica_of(primary.port);
+        let sentinel = Redis::sentinel("sq-master", primary.port, 500);
+        assert!(
+            sentinel_sees_replicas(&sentinel, "sq-master", 1),
+            "{}",
+            sentinel.log()
+        );
+        assert!(replica_in_sync(&replica), "{}", replica.log());
+        let url = format!("redis+sentinel://127.0.0.1:{}/sq-master", sentinel.port);
+        Watched {
+            primary,
+            replica,
+            sentinel,
+            url,
+        }
+    }
+}

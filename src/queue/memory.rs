@@ -15,7 +15,6 @@ use std::time::{Duration, SystemTime};
 use super::ops::{DeadInfo, Listed, OpsError, Removed, Select, Shown};
 use super::{Backend, Delivery, PushError, QueuedRequest};
 use crate::body::Body;
-use crate::logging::escaped;
 
 struct State {
     entries: VecDeque<(u64, Arc<QueuedRequest>)>,
@@ -39,10 +38,8 @@ impl State {
             };
             self.dead_bytes = self.dead_bytes.saturating_sub(req.body.len());
             log::warn!(
-                "dead letter {} {} (X-Request-Id {}) discarded to make room in DEFERRED_Q_MAX_MEMORY",
-                req.method,
-                escaped(&req.target),
-                escaped(&req.request_id)
+                "dead letter {} discarded to make room in DEFERRED_Q_MAX_MEMORY",
+                req.named()
             );
         }
     }
@@ -156,10 +153,8 @@ impl Backend for MemoryBackend {
 
     fn dead_letter_because(&self, d: &Delivery, reason: &str) {
         log::warn!(
-            "{} {} (X-Request-Id {}) queued {:.1?}: kept in memory as a dead letter ({reason}; lost at a stop)",
-            escaped(&d.req.method),
-            escaped(&d.req.target),
-            escaped(&d.req.request_id),
+            "{} queued {:.1?}: kept in memory as a dead letter ({reason}; lost at a stop)",
+            d.req.named(),
             d.req.queued_at.elapsed()
         );
         let mut st = self.lock();

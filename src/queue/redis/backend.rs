@@ -11,7 +11,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{Entry, EntryId, RedisQueue, RedisQueueError, RedisStatus, Retried, Stored, Stream};
-use crate::logging::escaped;
 use crate::queue::ops::{self, DeadInfo, Listed, OpsError, Removed, Select, Shown, Tries};
 use crate::queue::{Backend, Delivery, PushError, QueuedRequest};
 
@@ -190,10 +189,8 @@ impl Backend for RedisBackend {
         let waited = d.req.queued_at.elapsed();
         match self.queue.dead_letter(&entry, reason) {
             Ok(true) => log::warn!(
-                "{} {} (X-Request-Id {}) queued {waited:.1?}: moved to the dead-letter stream ({reason})",
-                d.req.method,
-                escaped(&d.req.target),
-                d.req.request_id
+                "{} queued {waited:.1?}: moved to the dead-letter stream ({reason})",
+                d.req.named()
             ),
             Ok(false) => {}
             Err(e) => self.replay_error(&format!("cannot dead-letter entry {}", entry.id), &e),

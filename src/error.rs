@@ -272,6 +272,18 @@ pub enum Failure {
     /// After the response head went to the client, the endpoint closed early, failed,
     /// timed out or framed the body badly: the client's response is truncated.
     UpstreamBrokeOff,
+    /// The shared queue's engine could not confirm a push (or another call): no
+    /// connection to the primary, no answer in time, an error reply, too few replicas
+    /// confirmed, a reply not understood, an unusable URL or option
+    /// (`queue::redis::RedisQueueError`).
+    QueueEngineUnavailable,
+    QueueEngineTimedOut,
+    QueueEngineRejected,
+    QueueEngineUnreplicated,
+    QueueEngineBadReply,
+    QueueEngineMisconfigured,
+    /// The shared queue is at DEFERRED_Q_MAX_LEN.
+    QueueFull,
 }
 
 /// What ServiceQ does about a [`Failure`].
@@ -282,7 +294,9 @@ pub struct Disposition {
     /// The generated response owed to the client (its status and `sq_msg` are
     /// [`Reply::parts`]; `serviceq_replies_total` counts it when it is rendered). For an
     /// endpoint failure before the response, it is the answer once every attempt failed
-    /// and the request is not queued. `None`: the client cannot receive one.
+    /// and the request is not queued. `None`: the client cannot receive one, or (the
+    /// queue failed to take a request) the answer the caller owes stands: what the
+    /// client would have got with the queue off.
     pub reply: Option<Reply>,
     /// The SPEC §7 error-log line, written against the endpoint (or the listener).
     pub log: Option<LogCode>,
@@ -296,6 +310,10 @@ impl Failure {
     /// counters (SPEC §4, §6, §7).
     pub fn disposition(self) -> Disposition {
         use Failure as F;
+        // ServiceQ's own storage could not take the request: logged (SPEC §7 additions
+        // 801, 802) against the queue's URL, never retried, and the client's answer is
+        // the one it would have had with the queue off.
+        let queue = |code| (Side::Internal, Retry::Never, None, Some(code));
         let (side, retry, reply, log) = match self {
             F::Malformed => (Side::Client, Retry::Never, Some(Reply::BadRequest), None),
             F::HeadTooLarge => (
@@ -364,6 +382,13 @@ impl Failure {
                 None,
                 Some(LogCode::UpstreamBrokeOff),
             ),
+            F::QueueEngineUnavailable => queue(LogCode::QueueEngineUnavailable),
+            F::QueueEngineTimedOut => queue(LogCode::QueueEngineTimedOut),
+            F::QueueEngineRejected => queue(LogCode::QueueEngineRejected),
+            F::QueueEngineUnreplicated => queue(LogCode::QueueEngineUnreplicated),
+            F::QueueEngineBadReply => queue(LogCode::QueueEngineBadReply),
+            F::QueueEngineMisconfigured => queue(LogCode::QueueEngineMisconfigured),
+            F::QueueFull => queue(LogCode::QueueFull),
         };
         Disposition {
             side,
@@ -373,6 +398,18 @@ impl Failure {
             counts_against_endpoint: side == Side::Endpoint,
         }
     }
+}
+
+/// The 429 for a client over CONCURRENCY_PEAK (SPEC §6), as the table has it for
+/// [`Failure::Flooded`]: the reply to render and the error-log code to write against
+/// the listener.
+pub fn flood_rejection() -> (Reply, LogCode) {
+    let d = Failure::Flooded.disposition();
+    // Both are set (the table's test checks it).
+    (
+        d.reply.unwrap_or(Reply::Flooded),
+        d.log.unwrap_or(LogCode::Flooded),
+    )
 }
 
 /// Blocking sockets report an expired `SO_RCVTIMEO` as `WouldBlock` on Unix.
@@ -459,7 +496,8 @@ impl LogCode {
 mod tests {
     use super::*;
 
-    const ALL: [Failure; 14] = [
+    /// Every failure but the shared queue's ([`QUEUE`]).
+    const REQUEST: [Failure; 14] = [
         Failure::Malformed,
         Failure::HeadTooLarge,
         Failure::BodyTooLarge,
@@ -476,12 +514,22 @@ mod tests {
         Failure::UpstreamBrokeOff,
     ];
 
+    const QUEUE: [Failure; 7] = [
+        Failure::QueueEngineUnavailable,
+        Failure::QueueEngineTimedOut,
+        Failure::QueueEngineRejected,
+        Failure::QueueEngineUnreplicated,
+        Failure::QueueEngineBadReply,
+        Failure::QueueEngineMisconfigured,
+        Failure::QueueFull,
+    ];
+
     /// The table's invariants: endpoint failures, and only they, are logged against
     /// and counted for an endpoint, with a code that has its own counter; only those
     /// before the response may be retried; a client that is gone gets no reply.
     #[test]
     fn every_failure_has_a_coherent_disposition() {
-        for f in ALL {
+        for f in REQUEST.into_iter().chain(QUEUE) {
             let d = f.disposition();
             let endpoint = d.side == Side::Endpoint;
             assert_eq!(d.counts_against_endpoint, endpoint, "{f:?}");
@@ -510,6 +558,37 @@ mod tests {
             (Side::Internal, Some(Reply::Flooded))
         );
         assert_eq!(flood.log.map(LogCode::number), Some(601));
+    }
+
+    /// A push the shared queue could not take: ServiceQ's side, never retried or
+    /// counted against an endpoint, the caller's answer stands, and a log code of its
+    /// own — 801 for each engine cause, 802 at the cap.
+    #[test]
+    fn queue_failures_are_internal_and_logged_801_or_802() {
+        let mut names = std::collections::HashSet::new();
+        for f in QUEUE {
+            let d = f.disposition();
+            assert_eq!(
+                (d.side, d.retry, d.reply, d.counts_against_endpoint),
+                (Side::Internal, Retry::Never, None, false),
+                "{f:?}"
+            );
+            let code = d.log.unwrap_or_else(|| panic!("{f:?} has no log code"));
+            let want = if f == Failure::QueueFull { 802 } else { 801 };
+            assert_eq!(code.number(), want, "{f:?}");
+            assert!(names.insert(code.name()), "{f:?}: {} twice", code.name());
+        }
+        let full = Failure::QueueFull.disposition().log.map(LogCode::name);
+        assert_eq!(full, Some("QUEUE_FULL"));
+    }
+
+    /// The acceptor's 429: the reply and the 601 line the table gives Flooded.
+    #[test]
+    fn a_flooded_client_gets_the_429_and_a_601_line() {
+        let (reply, code) = flood_rejection();
+        assert_eq!(reply, Reply::Flooded);
+        assert_eq!(reply.parts().0, 429);
+        assert_eq!((code.number(), code.name()), (601, "SERVICEQ_FLOODED"));
     }
 
     /// An endpoint that dies mid-body: nothing can be answered or retried, but the

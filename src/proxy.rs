@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use native_tls::TlsConnector;
 
 use crate::accesslog::AccessLog;
-pub use crate::attempt::{Scratch, Settings};
+use crate::attempt::Settings;
 use crate::config::Config;
 use crate::linger::Lingerer;
 use crate::logging::ErrorLog;

@@ -49,11 +49,8 @@ fn list_show_and_drop_online_and_offline_and_a_drop_survives_a_restart() {
     );
     assert!(lines[2].starts_with("2\tq-1\tPOST\t/q/1\t11\t"), "{text}");
     // The head has been tried (the endpoint is down); the others not.
-    assert!(wait_until(Duration::from_secs(10), || {
-        let v: serde_json::Value =
-            serde_json::from_str(&queue_ok(&config, &["list", "--json"])).unwrap();
-        v[0]["attempts"].as_u64() >= Some(1) && v[1]["attempts"].as_u64() == Some(0)
-    }));
+    let tried = || only_the_head_tried(&config);
+    assert!(wait_until(Duration::from_secs(10), tried));
 
     let status = get(admin, "/status").body_str();
     assert!(
@@ -127,25 +124,8 @@ fn dead_letters_keep_their_reason_retry_in_order_and_purge() {
     let journal = TempDir::new("ops-dead");
     let secrets = TempDir::new("ops-secret");
     let mut u = down_upstream(Behaviour::Echo);
-    let body = ops_conf(&u, journal.path(), &token_file(&secrets))
-        .set("DEFERRED_Q_MAX_AGE", "1")
-        .body();
-    let (sq, admin) = start(&body);
-    let config = kept_config(&sq, &secrets);
-    buffer(&sq, "d", 4);
-    assert!(
-        wait_until(REPLAY_DEADLINE, || stderr_count(
-            &sq,
-            "moved to the dead-letter file"
-        ) >= 4),
-        "not dead-lettered; stderr:\n{}",
-        sq.stderr()
-    );
-    assert_eq!(listing(&config, false), vec![]);
-    assert_eq!(
-        listing(&config, true),
-        (0..4).map(|i| row("d", i)).collect::<Vec<_>>()
-    );
+    let conf = ops_conf(&u, journal.path(), &token_file(&secrets));
+    let (sq, admin, config) = start_four_dead(conf, &secrets, "file");
     let text = queue_ok(&config, &["list", "--dead"]);
     assert!(
         text.lines().nth(1).unwrap().contains("max age: queued 1."),
@@ -159,24 +139,7 @@ fn dead_letters_keep_their_reason_retry_in_order_and_purge() {
     );
 
     // A dead letter dropped; two retried, named out of order, once the endpoint is up.
-    assert_eq!(
-        queue_ok(&config, &["drop", "d-3"]).trim(),
-        "dropped 0 queued and 1 dead requests"
-    );
-    u.restart();
-    assert_eq!(
-        queue_ok(&config, &["retry-dead", "d-2", "d-0"]).trim(),
-        "2 dead letters back at the queue's tail"
-    );
-    assert!(
-        u.wait_requests(2, REPLAY_DEADLINE),
-        "stderr:\n{}",
-        sq.stderr()
-    );
-    assert!(holds_for(Duration::from_millis(500), || u.request_count() == 2));
-    let targets: Vec<String> = u.requests().iter().map(|r| r.target.clone()).collect();
-    assert_eq!(targets, ["/d/0", "/d/2"], "retried in their original order");
-    assert_eq!(listing(&config, true), vec![row("d", 1)]);
+    drop_one_retry_two(&sq, &mut u, &config);
     // The retried requests held a slot each until delivered, like any queued one.
     let held = || metric_sample(admin, "serviceq_requests_held");
     assert!(
@@ -185,11 +148,7 @@ fn dead_letters_keep_their_reason_retry_in_order_and_purge() {
         held()
     );
 
-    assert_eq!(
-        queue_ok(&config, &["purge", "--dead"]).trim(),
-        "purged 1 dead letters"
-    );
-    assert_eq!(listing(&config, true), vec![]);
+    purge_the_rest(&config);
     stop(sq);
     assert_eq!(
         listing(&config, true),

@@ -17,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serviceq::queue::redis::{LeaseState, RedisOptions, RedisQueue, RedisQueueError};
-use support::redis_server::{client, have_redis, replica_in_sync, sentinel_sees_replicas, Redis};
+use support::redis_server::{client, have_redis, replica_in_sync, Redis, Watched};
 use support::wait_until;
 
 /// The engine timeout used here: the product default, so WAIT gets time enough for a
@@ -379,16 +379,12 @@ fn a_sentinel_failover_is_followed_and_confirmed_entries_survive_it() {
     if !have_redis() {
         return;
     }
-    let mut primary = Redis::primary();
-    let replica = Redis::replica_of(primary.port);
-    let sentinel = Redis::sentinel("sq-master", primary.port, 500);
-    assert!(
-        sentinel_sees_replicas(&sentinel, "sq-master", 1),
-        "{}",
-        sentinel.log()
-    );
-    assert!(replica_in_sync(&replica), "{}", replica.log());
-    let url = format!("redis+sentinel://127.0.0.1:{}/sq-master", sentinel.port);
+    let Watched {
+        mut primary,
+        replica,
+        sentinel,
+        url,
+    } = Watched::start();
     let q = RedisQueue::connect(RedisOptions {
         replicas: 1,
         ..opts(&url, "a")

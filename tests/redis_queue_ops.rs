@@ -59,11 +59,7 @@ fn list_show_and_drop_the_head_being_replayed() {
     );
     // The lease holder tries the head (the endpoint is down) and counts it.
     assert!(
-        wait_until(Duration::from_secs(10), || {
-            let v: serde_json::Value =
-                serde_json::from_str(&queue_ok(&config, &["list", "--json"])).unwrap();
-            v[0]["attempts"].as_u64() >= Some(1) && v[1]["attempts"].as_u64() == Some(0)
-        }),
+        wait_until(Duration::from_secs(10), || only_the_head_tried(&config)),
         "stderr:\n{}",
         sq.stderr()
     );
@@ -97,53 +93,11 @@ fn dead_letters_keep_their_reason_retry_in_order_and_purge() {
     let redis = Redis::primary();
     let secrets = TempDir::new("redisops-secret");
     let mut u = down_upstream(Behaviour::Echo);
-    let body = ops_conf(&u, &redis, &token_file(&secrets))
-        .set("DEFERRED_Q_MAX_AGE", "1")
-        .body();
-    let (sq, _admin) = start(&body);
-    let config = kept_config(&sq, &secrets);
-    buffer(&sq, "d", 4);
-    assert!(
-        wait_until(REPLAY_DEADLINE, || stderr_count(
-            &sq,
-            "moved to the dead-letter stream"
-        ) >= 4),
-        "not dead-lettered; stderr:\n{}",
-        sq.stderr()
-    );
-    assert_eq!(listing(&config, false), vec![]);
-    assert_eq!(
-        listing(&config, true),
-        (0..4).map(|i| row("d", i)).collect::<Vec<_>>()
-    );
+    let conf = ops_conf(&u, &redis, &token_file(&secrets));
+    let (sq, _admin, config) = start_four_dead(conf, &secrets, "stream");
     let text = queue_ok(&config, &["list", "--dead"]);
     assert!(text.contains("over DEFERRED_Q_MAX_AGE (1s)"), "{text}");
 
-    assert_eq!(
-        queue_ok(&config, &["drop", "d-3"]).trim(),
-        "dropped 0 queued and 1 dead requests"
-    );
-    u.restart();
-    assert_eq!(
-        queue_ok(&config, &["retry-dead", "d-2", "d-0"]).trim(),
-        "2 dead letters back at the queue's tail"
-    );
-    assert!(
-        u.wait_requests(2, REPLAY_DEADLINE),
-        "stderr:\n{}",
-        sq.stderr()
-    );
-    assert!(holds_for(Duration::from_millis(500), || u.request_count() == 2));
-    assert_eq!(
-        targets(&u),
-        ["/d/0", "/d/2"],
-        "retried in their original order"
-    );
-    assert_eq!(listing(&config, true), vec![row("d", 1)]);
-
-    assert_eq!(
-        queue_ok(&config, &["purge", "--dead"]).trim(),
-        "purged 1 dead letters"
-    );
-    assert_eq!(listing(&config, true), vec![]);
+    drop_one_retry_two(&sq, &mut u, &config);
+    purge_the_rest(&config);
 }

@@ -28,7 +28,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::queue::*;
-use support::redis_server::{have_redis, Redis};
+use support::redis_server::{have_redis, Redis, Watched};
 use support::*;
 
 const HOST: &str = "shared.test";
@@ -352,17 +352,13 @@ fn the_instances_follow_a_sentinel_failover() {
     if !have_redis() {
         return;
     }
-    let mut primary = Redis::primary();
-    let replica = Redis::replica_of(primary.port);
-    let sentinel = Redis::sentinel("sq-master", primary.port, 500);
-    assert!(support::redis_server::replica_in_sync(&replica));
-    assert!(support::redis_server::sentinel_sees_replicas(
-        &sentinel,
-        "sq-master",
-        1
-    ));
+    let Watched {
+        mut primary,
+        replica: _replica,
+        sentinel,
+        url,
+    } = Watched::start();
     let mut up = down_upstream(Behaviour::Ok);
-    let url = format!("redis+sentinel://127.0.0.1:{}/sq-master", sentinel.port);
     // `confirmed` waits for the replica (WAIT 1); `plain` takes the primary's word.
     let confirmed = shared_conf(&up.url(), &url)
         .set("DEFERRED_Q_REDIS_REPLICAS", "1")

@@ -158,10 +158,8 @@ impl Backend for JournalBackend {
         let waited = d.req.queued_at.elapsed();
         match self.journal.dead_letter_because(d.id, reason) {
             Ok(()) => log::warn!(
-                "{} {} (X-Request-Id {}) queued {waited:.1?}: moved to the dead-letter file",
-                escaped(&d.req.method),
-                escaped(&d.req.target),
-                escaped(&d.req.request_id)
+                "{} queued {waited:.1?}: moved to the dead-letter file",
+                d.req.named()
             ),
             Err(e) => log::error!(
                 "{}: cannot dead-letter record {}: {e}",

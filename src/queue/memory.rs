@@ -15,7 +15,6 @@ use std::time::{Duration, SystemTime};
 use super::ops::{DeadInfo, Listed, OpsError, Removed, Select, Shown};
 use super::{Backend, Delivery, PushError, QueuedRequest};
 use crate::body::Body;
-use crate::logging::escaped;
 
 struct State {
     entries: VecDeque<(u64, Arc<QueuedRequest>)>,
@@ -39,10 +38,8 @@ impl State {
             };
             self.dead_bytes = self.dead_bytes.saturating_sub(req.body.len());
             log::warn!(
-                "dead letter {} {} (X-Request-Id {}) discarded to make room in DEFERRED_Q_MAX_MEMORY",
-                req.method,
-                escaped(&req.target),
-                escaped(&req.request_id)
+                "dead letter {} discarded to make room in DEFERRED_Q_MAX_MEMORY",
+                req.named()
             );
         }
     }
@@ -56,16 +53,8 @@ impl State {
 }
 
 fn listed(position: usize, req: &QueuedRequest, attempts: u32, dead: Option<&DeadInfo>) -> Listed {
-    Listed {
-        position,
-        request_id: req.request_id.clone(),
-        method: req.method.clone(),
-        target: req.target.clone(),
-        body_bytes: req.body.len(),
-        age: req.queued_at.elapsed(),
-        attempts,
-        dead: dead.cloned(),
-    }
+    let age = req.queued_at.elapsed();
+    Listed::of(position, req, age, attempts, dead.cloned())
 }
 
 pub struct MemoryBackend {
@@ -164,10 +153,8 @@ impl Backend for MemoryBackend {
 
     fn dead_letter_because(&self, d: &Delivery, reason: &str) {
         log::warn!(
-            "{} {} (X-Request-Id {}) queued {:.1?}: kept in memory as a dead letter ({reason}; lost at a stop)",
-            escaped(&d.req.method),
-            escaped(&d.req.target),
-            escaped(&d.req.request_id),
+            "{} queued {:.1?}: kept in memory as a dead letter ({reason}; lost at a stop)",
+            d.req.named(),
             d.req.queued_at.elapsed()
         );
         let mut st = self.lock();
@@ -219,13 +206,7 @@ impl Backend for MemoryBackend {
             .chain(dead.map(|(i, (r, info))| (listed(i + 1, r, 0, Some(info)), r)))
             .next();
         let (entry, req) = found.ok_or_else(|| OpsError::NotFound(id.to_string()))?;
-        Ok(Shown {
-            entry,
-            request_line: req.request_line.clone(),
-            headers: req.headers.clone(),
-            body: req.body.to_vec()?,
-            sharing,
-        })
+        Ok(Shown::of(entry, req, sharing)?)
     }
 
     fn retry_dead(&self, which: &Select) -> Result<usize, OpsError> {

@@ -53,10 +53,33 @@ pub struct QueuedRequest {
     pub queued_at: Instant,
 }
 
+/// `METHOD TARGET (X-Request-Id ID)`: how log lines name a queued request, the
+/// client's bytes escaped and capped (`logging::escaped`).
+pub struct Named<'a>(&'a QueuedRequest);
+
+impl std::fmt::Display for Named<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::logging::escaped;
+        let r = self.0;
+        write!(
+            f,
+            "{} {} (X-Request-Id {})",
+            escaped(&r.method),
+            escaped(&r.target),
+            escaped(&r.request_id)
+        )
+    }
+}
+
 /// Payload layout version, first byte of every journal payload.
 const PAYLOAD_V1: u8 = 1;
 
 impl QueuedRequest {
+    /// Its name in a log line: see [`Named`].
+    pub fn named(&self) -> Named<'_> {
+        Named(self)
+    }
+
     /// The seven fields of the payload, the body excepted (it is the fifth).
     fn fields(&self) -> ([&[u8]; 4], [Vec<u8>; 2]) {
         (
@@ -241,7 +264,8 @@ pub enum PushError {
 }
 
 impl PushError {
-    /// The error-log line this failure gets, if any: (the "endpoint", the code).
+    /// The error-log line this failure gets, if any: (the "endpoint", the code the
+    /// failure table in `crate::error` gives it).
     pub fn log_entry(&self) -> Option<(&str, crate::error::LogCode)> {
         match self {
             PushError::Engine { target, error } => Some((target, error.log_code())),
@@ -452,6 +476,15 @@ pub(crate) mod tests {
     /// The X-Request-Ids of a listing, in order.
     pub fn ids(list: Vec<ops::Listed>) -> Vec<String> {
         list.into_iter().map(|l| l.request_id).collect()
+    }
+
+    #[test]
+    fn log_lines_name_a_request_with_the_client_bytes_escaped() {
+        let req = with_id("a\"b\n", b"");
+        assert_eq!(
+            req.named().to_string(),
+            "POST /orders?x=1 (X-Request-Id a\\x22b\\x0A)"
+        );
     }
 
     #[test]

@@ -76,6 +76,28 @@ pub struct Listed {
     pub dead: Option<DeadInfo>,
 }
 
+impl Listed {
+    /// `req`'s line at `position`; what the backend knows of its age, tries and death.
+    pub fn of(
+        position: usize,
+        req: &super::QueuedRequest,
+        age: Duration,
+        attempts: u32,
+        dead: Option<DeadInfo>,
+    ) -> Listed {
+        Listed {
+            position,
+            request_id: req.request_id.clone(),
+            method: req.method.clone(),
+            target: req.target.clone(),
+            body_bytes: req.body.len(),
+            age,
+            attempts,
+            dead,
+        }
+    }
+}
+
 /// `serviceq queue show`: one request in full.
 #[derive(Debug)]
 pub struct Shown {
@@ -85,6 +107,19 @@ pub struct Shown {
     pub body: Vec<u8>,
     /// How many queued or dead requests share this X-Request-Id (1 usually).
     pub sharing: usize,
+}
+
+impl Shown {
+    /// `req` in full, listed as `entry`; `sharing` as in [`Shown::sharing`].
+    pub fn of(entry: Listed, req: &super::QueuedRequest, sharing: usize) -> io::Result<Shown> {
+        Ok(Shown {
+            entry,
+            request_line: req.request_line.clone(),
+            headers: req.headers.clone(),
+            body: req.body.to_vec()?,
+            sharing,
+        })
+    }
 }
 
 /// Which dead letters `retry-dead` takes.

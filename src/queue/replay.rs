@@ -109,20 +109,13 @@ impl Replay {
             // must not send what another instance now delivers.
             if !self.backend.is_current(head) {
                 log::warn!(
-                    "replay of {} {} (X-Request-Id {}) given up: the queue's lease was lost",
-                    req.method,
-                    escaped(&req.target),
-                    escaped(&req.request_id)
+                    "replay of {} given up: the queue's lease was lost",
+                    req.named()
                 );
                 return Done::Lost;
             }
             if !self.backend.attempt(head) {
-                log::info!(
-                    "{} {} (X-Request-Id {}) dropped by an operator: not replayed",
-                    req.method,
-                    escaped(&req.target),
-                    escaped(&req.request_id)
-                );
+                log::info!("{} dropped by an operator: not replayed", req.named());
                 return Done::Removed;
             }
             match deliver(proxy, head, buf, scratch) {
@@ -130,10 +123,8 @@ impl Replay {
                     inc(&METRICS.replayed_total);
                     self.backend.ack(head);
                     log::info!(
-                        "replayed {} {} (X-Request-Id {}): {status} from {endpoint} after {:.1?} queued; {} left",
-                        escaped(&req.method),
-                        escaped(&req.target),
-                        escaped(&req.request_id),
+                        "replayed {}: {status} from {endpoint} after {:.1?} queued; {} left",
+                        req.named(),
                         req.queued_at.elapsed(),
                         self.backend.depth()
                     );

@@ -201,12 +201,22 @@ pub(super) fn header_in<'a>(headers: &'a [(String, String)], name: &str) -> Opti
         .map(|(_, v)| v.as_str())
 }
 
-pub(super) fn headers_named_in<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
-    headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-        .collect()
+/// How a message with these headers frames its body: chunked, a Content-Length, or
+/// neither (None: no body for a request, read until close for a response).
+pub(super) fn declared_framing(headers: &[(String, String)]) -> io::Result<Option<Framing>> {
+    let chunked =
+        header_in(headers, "transfer-encoding").is_some_and(|v| lists_token(v, "chunked"));
+    if chunked {
+        return Ok(Some(Framing::Chunked));
+    }
+    let Some(cl) = header_in(headers, "content-length") else {
+        return Ok(None);
+    };
+    let n = cl
+        .trim()
+        .parse()
+        .map_err(|_| bad(format!("bad Content-Length {cl:?}")))?;
+    Ok(Some(Framing::Length(n)))
 }
 
 /// Whether a comma-separated header value lists `token` (case-insensitive).
@@ -244,17 +254,36 @@ pub struct Response {
     pub raw_head: String,
 }
 
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        header_in(&self.headers, name)
+/// What a response the client read and a request the mock recorded share: headers
+/// looked up by name (case-insensitive) and a body read as text.
+pub trait Message {
+    fn header_list(&self) -> &[(String, String)];
+    fn body_bytes(&self) -> &[u8];
+
+    fn header(&self, name: &str) -> Option<&str> {
+        header_in(self.header_list(), name)
     }
 
-    pub fn headers_named(&self, name: &str) -> Vec<&str> {
-        headers_named_in(&self.headers, name)
+    fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.header_list()
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
-    pub fn body_str(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
+    fn body_str(&self) -> String {
+        String::from_utf8_lossy(self.body_bytes()).into_owned()
+    }
+}
+
+impl Message for Response {
+    fn header_list(&self) -> &[(String, String)] {
+        &self.headers
+    }
+
+    fn body_bytes(&self) -> &[u8] {
+        &self.body
     }
 }
 
@@ -349,26 +378,14 @@ impl Client {
             trailers: Vec::new(),
             raw_head,
         };
-        let chunked = resp
-            .header("transfer-encoding")
-            .map(|v| lists_token(v, "chunked"))
-            .unwrap_or(false);
         if head_request || status / 100 == 1 || status == 204 || status == 304 {
             return Ok(resp);
         }
-        if chunked {
-            resp.framing = Framing::Chunked;
-            resp.trailers = self.conn.read_chunked_to(sink)?;
-        } else if let Some(cl) = resp.header("content-length") {
-            let n: u64 = cl
-                .trim()
-                .parse()
-                .map_err(|_| bad(format!("bad Content-Length {cl:?}")))?;
-            resp.framing = Framing::Length(n);
-            self.conn.read_exact_to(n, sink)?;
-        } else {
-            resp.framing = Framing::Close;
-            self.conn.read_to_end_to(sink)?;
+        resp.framing = declared_framing(&resp.headers)?.unwrap_or(Framing::Close);
+        match resp.framing {
+            Framing::Chunked => resp.trailers = self.conn.read_chunked_to(sink)?,
+            Framing::Length(n) => self.conn.read_exact_to(n, sink)?,
+            Framing::Close | Framing::NoBody => self.conn.read_to_end_to(sink)?,
         }
         Ok(resp)
     }

@@ -176,14 +176,13 @@ impl Launch {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn serviceq");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        collect(child.stderr.take().unwrap(), stderr.clone());
-        collect(child.stdout.take().unwrap(), stdout.clone());
+        // The readers end with the process; nothing waits for them.
+        let Spawned {
+            child,
+            stderr,
+            stdout,
+            ..
+        } = spawn_collected(&mut cmd);
 
         let mut sq = ServiceQ {
             child,
@@ -235,6 +234,35 @@ fn clean_command(dir: &Path) -> Command {
     cmd.env("RUST_BACKTRACE", "1");
     cmd.current_dir(dir);
     cmd
+}
+
+/// A spawned binary whose stderr and stdout threads copy into buffers.
+struct Spawned {
+    child: Child,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    /// The copying threads (stderr's, stdout's): they end when the process exits.
+    readers: [JoinHandle<()>; 2],
+}
+
+/// Spawns `cmd` with stdin closed and its stderr and stdout collected.
+fn spawn_collected(cmd: &mut Command) -> Spawned {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn serviceq");
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    let readers = [
+        collect(child.stderr.take().unwrap(), stderr.clone()),
+        collect(child.stdout.take().unwrap(), stdout.clone()),
+    ];
+    Spawned {
+        child,
+        stderr,
+        stdout,
+        readers,
+    }
 }
 
 /// Copies everything `r` yields into `buf` on a background thread.
@@ -492,14 +520,12 @@ pub fn run_binary(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn serviceq");
-    let err_buf = Arc::new(Mutex::new(Vec::new()));
-    let out_buf = Arc::new(Mutex::new(Vec::new()));
-    let e = collect(child.stderr.take().unwrap(), err_buf.clone());
-    let o = collect(child.stdout.take().unwrap(), out_buf.clone());
+    let Spawned {
+        mut child,
+        stderr: err_buf,
+        stdout: out_buf,
+        readers: [e, o],
+    } = spawn_collected(&mut cmd);
     let deadline = Instant::now() + timeout;
     let mut timed_out = false;
     let status = loop {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::clients::{bad, header_in, headers_named_in, BufConn};
+use super::clients::{declared_framing, BufConn, Framing, Message};
 use super::{lists_token, split_head, wait_until};
 
 /// Read-timeout slice of the mock upstream: how often an idle mock connection checks
@@ -92,17 +92,13 @@ pub struct Recorded {
     pub at: Instant,
 }
 
-impl Recorded {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        header_in(&self.headers, name)
+impl Message for Recorded {
+    fn header_list(&self) -> &[(String, String)] {
+        &self.headers
     }
 
-    pub fn headers_named(&self, name: &str) -> Vec<&str> {
-        headers_named_in(&self.headers, name)
-    }
-
-    pub fn body_str(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
+    fn body_bytes(&self) -> &[u8] {
+        &self.body
     }
 }
 
@@ -378,18 +374,16 @@ fn read_request(conn: &mut BufConn, id: usize) -> io::Result<Option<Recorded>> {
     let method = parts.next().unwrap_or("").to_string();
     let target = parts.next().unwrap_or("").to_string();
     let version = parts.next().unwrap_or("").to_string();
-    let chunked = header_in(&headers, "transfer-encoding")
-        .map(|v| lists_token(v, "chunked"))
-        .unwrap_or(false);
+    let framing = declared_framing(&headers)?;
+    let chunked = framing == Some(Framing::Chunked);
     let mut body = Vec::new();
-    if chunked {
-        conn.read_chunked_to(&mut |b| body.extend_from_slice(b))?;
-    } else if let Some(cl) = header_in(&headers, "content-length") {
-        let n: u64 = cl
-            .trim()
-            .parse()
-            .map_err(|_| bad(format!("mock: bad Content-Length {cl:?}")))?;
-        conn.read_exact_to(n, &mut |b| body.extend_from_slice(b))?;
+    let mut sink = |b: &[u8]| body.extend_from_slice(b);
+    match framing {
+        Some(Framing::Chunked) => {
+            conn.read_chunked_to(&mut sink)?;
+        }
+        Some(Framing::Length(n)) => conn.read_exact_to(n, &mut sink)?,
+        _ => {}
     }
     Ok(Some(Recorded {
         method,

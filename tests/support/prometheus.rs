@@ -8,7 +8,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
-use super::get;
+use super::{get, Message};
 
 /// One sample line of the exposition.
 #[derive(Clone, Debug)]

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{wait_until, Conf, Response, ServiceQ};
+use super::{wait_until, Conf, Message, Response, ServiceQ};
 
 /// Replay pauses grow to at most 5 s while every endpoint is down (SPEC §5), so a
 /// restarted endpoint gets the head within ~5 s; the rest follows quickly.

@@ -142,3 +142,69 @@ pub fn stop(mut sq: ServiceQ) {
         "serviceq did not stop"
     );
 }
+
+/// Whether a `queue list --json` shows the head tried (the endpoint is down) and the
+/// next entry not.
+pub fn only_the_head_tried(config: &Path) -> bool {
+    let v: serde_json::Value =
+        serde_json::from_str(&queue_ok(config, &["list", "--json"])).unwrap();
+    v[0]["attempts"].as_u64() >= Some(1) && v[1]["attempts"].as_u64() == Some(0)
+}
+
+/// The dead-letter scenario's start: the proxy on `conf` with DEFERRED_Q_MAX_AGE=1,
+/// four requests `d-0`…`d-3` buffered, all four dead-lettered (the log line says
+/// "moved to the dead-letter `place`") and listed as such. Returns the proxy, its
+/// admin address and a config copy kept in `secrets`.
+pub fn start_four_dead(
+    conf: Conf,
+    secrets: &TempDir,
+    place: &str,
+) -> (ServiceQ, SocketAddr, PathBuf) {
+    let (sq, admin) = start(&conf.set("DEFERRED_Q_MAX_AGE", "1").body());
+    let config = kept_config(&sq, secrets);
+    buffer(&sq, "d", 4);
+    let moved = format!("moved to the dead-letter {place}");
+    assert!(
+        wait_until(REPLAY_DEADLINE, || stderr_count(&sq, &moved) >= 4),
+        "not dead-lettered; stderr:\n{}",
+        sq.stderr()
+    );
+    assert_eq!(listing(&config, false), vec![]);
+    assert_eq!(
+        listing(&config, true),
+        (0..4).map(|i| row("d", i)).collect::<Vec<_>>()
+    );
+    (sq, admin, config)
+}
+
+/// Then: `d-3` dropped, and once the endpoint is up `d-2` and `d-0` retried (named out
+/// of order): both delivered in their original order, `d-1` still dead.
+pub fn drop_one_retry_two(sq: &ServiceQ, u: &mut Upstream, config: &Path) {
+    assert_eq!(
+        queue_ok(config, &["drop", "d-3"]).trim(),
+        "dropped 0 queued and 1 dead requests"
+    );
+    u.restart();
+    assert_eq!(
+        queue_ok(config, &["retry-dead", "d-2", "d-0"]).trim(),
+        "2 dead letters back at the queue's tail"
+    );
+    assert!(
+        u.wait_requests(2, REPLAY_DEADLINE),
+        "stderr:\n{}",
+        sq.stderr()
+    );
+    assert!(holds_for(Duration::from_millis(500), || u.request_count() == 2));
+    let targets: Vec<String> = u.requests().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(targets, ["/d/0", "/d/2"], "retried in their original order");
+    assert_eq!(listing(config, true), vec![row("d", 1)]);
+}
+
+/// Then: the last dead letter purged.
+pub fn purge_the_rest(config: &Path) {
+    assert_eq!(
+        queue_ok(config, &["purge", "--dead"]).trim(),
+        "purged 1 dead letters"
+    );
+    assert_eq!(listing(config, true), vec![]);
+}

@@ -6,12 +6,11 @@
 //! installs them, see `.ci/run`) and skips with a reason otherwise.
 
 use std::fs;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{require_tool, send_signal, wait_until, TempDir};
+use super::{refusing_port, require_tool, send_signal, wait_until, TempDir};
 
 /// How long a fresh redis-server gets to answer PING.
 const READY_DEADLINE: Duration = Duration::from_secs(10);
@@ -20,12 +19,6 @@ const READY_DEADLINE: Duration = Duration::from_secs(10);
 /// when not (see `require`).
 pub fn have_redis() -> bool {
     require_tool("redis-server", "--version") && require_tool("redis-sentinel", "--version")
-}
-
-/// A port nothing listens on right now (bind to 0, read, close).
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("local addr").port()
 }
 
 /// Opens a plain client connection (the test's own view of the engine).
@@ -134,7 +127,7 @@ impl Redis {
         args_for: impl Fn(u16, &TempDir) -> Vec<String>,
     ) -> Redis {
         for _ in 0..5 {
-            let port = free_port();
+            let port = refusing_port();
             let args = args_for(port, &dir);
             if let Some(child) = spawn(sentinel, &args, port) {
                 return Redis {
@@ -254,4 +247,35 @@ pub fn sentinel_sees_replicas(sentinel: &Redis, master: &str, n: usize) -> bool 
             .query::<Vec<redis::Value>>(&mut conn)
             .is_ok_and(|r| r.len() >= n)
     })
+}
+
+/// A primary, one replica in sync with it, and a sentinel that knows both, watching
+/// the primary as `sq-master` (down after 500 ms): ready for a failover.
+pub struct Watched {
+    pub primary: Redis,
+    pub replica: Redis,
+    pub sentinel: Redis,
+    /// `redis+sentinel://…/sq-master`, for the queue.
+    pub url: String,
+}
+
+impl Watched {
+    pub fn start() -> Watched {
+        let primary = Redis::primary();
+        let replica = Redis::replica_of(primary.port);
+        let sentinel = Redis::sentinel("sq-master", primary.port, 500);
+        assert!(
+            sentinel_sees_replicas(&sentinel, "sq-master", 1),
+            "{}",
+            sentinel.log()
+        );
+        assert!(replica_in_sync(&replica), "{}", replica.log());
+        let url = format!("redis+sentinel://127.0.0.1:{}/sq-master", sentinel.port);
+        Watched {
+            primary,
+            replica,
+            sentinel,
+            url,
+        }
+    }
 }

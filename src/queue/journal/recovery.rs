@@ -189,15 +189,7 @@ fn replay_segments(
                 }
             }
         }
-        if let Some(bad) = scan.tail {
-            warnings.push(format!(
-                "{}: torn tail cut at offset {} ({bad}; {} bytes dropped)",
-                path.display(),
-                scan.valid_end,
-                buf.len() - scan.valid_end
-            ));
-            truncate(&path, scan.valid_end as u64, fsync).map_err(|e| io_err(&path, e))?;
-        }
+        cut_torn_tail(&path, buf.len(), &scan, fsync, warnings)?;
         seg.bytes = scan.valid_end as u64;
         replayed.segments.push_back(seg);
     }
@@ -335,25 +327,33 @@ pub(super) fn check_dead_letter(
     warnings: &mut Vec<String>,
 ) -> Result<(), JournalError> {
     let path = dir.join(DEAD_LETTER_FILE);
-    let io_err = |source: io::Error| JournalError::Io {
-        path: path.clone(),
-        source,
-    };
     let buf = match fs::read(&path) {
         Ok(buf) => buf,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err(e)),
+        Err(e) => return Err(io_err(&path, e)),
     };
     let scan = scan(&buf);
     warnings.extend(skipped_warnings(&path, &scan));
-    if let Some(bad) = scan.tail {
-        warnings.push(format!(
-            "{}: torn tail cut at offset {} ({bad}; {} bytes dropped)",
-            path.display(),
-            scan.valid_end,
-            buf.len() - scan.valid_end
-        ));
-        truncate(&path, scan.valid_end as u64, fsync).map_err(io_err)?;
-    }
-    Ok(())
+    cut_torn_tail(&path, buf.len(), &scan, fsync, warnings)
+}
+
+/// Cuts the torn tail `scan` found in `path` (`len` bytes read), with a warning that
+/// says where and how much, so the next record written follows a complete one.
+fn cut_torn_tail(
+    path: &Path,
+    len: usize,
+    scan: &Scan<'_>,
+    fsync: Fsync,
+    warnings: &mut Vec<String>,
+) -> Result<(), JournalError> {
+    let Some(bad) = scan.tail else {
+        return Ok(());
+    };
+    warnings.push(format!(
+        "{}: torn tail cut at offset {} ({bad}; {} bytes dropped)",
+        path.display(),
+        scan.valid_end,
+        len - scan.valid_end
+    ));
+    truncate(path, scan.valid_end as u64, fsync).map_err(|e| io_err(path, e))
 }

@@ -11,7 +11,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{Entry, EntryId, RedisQueue, RedisQueueError, RedisStatus, Retried, Stored, Stream};
-use crate::logging::escaped;
 use crate::queue::ops::{self, DeadInfo, Listed, OpsError, Removed, Select, Shown, Tries};
 use crate::queue::{Backend, Delivery, PushError, QueuedRequest};
 
@@ -190,10 +189,8 @@ impl Backend for RedisBackend {
         let waited = d.req.queued_at.elapsed();
         match self.queue.dead_letter(&entry, reason) {
             Ok(true) => log::warn!(
-                "{} {} (X-Request-Id {}) queued {waited:.1?}: moved to the dead-letter stream ({reason})",
-                d.req.method,
-                escaped(&d.req.target),
-                d.req.request_id
+                "{} queued {waited:.1?}: moved to the dead-letter stream ({reason})",
+                d.req.named()
             ),
             Ok(false) => {}
             Err(e) => self.replay_error(&format!("cannot dead-letter entry {}", entry.id), &e),
@@ -267,13 +264,7 @@ impl Backend for RedisBackend {
             .chain(dead)
             .next()
             .ok_or_else(|| OpsError::NotFound(id.to_string()))?;
-        Ok(Shown {
-            entry,
-            request_line: req.request_line.clone(),
-            headers: req.headers.clone(),
-            body: req.body.to_vec()?,
-            sharing,
-        })
+        Ok(Shown::of(entry, &req, sharing)?)
     }
 
     fn retry_dead(&self, which: &Select) -> Result<usize, OpsError> {
@@ -365,16 +356,12 @@ impl RedisBackend {
     }
 
     fn listed_one(&self, position: usize, row: &Stored, req: &QueuedRequest, dead: bool) -> Listed {
-        Listed {
-            position,
-            request_id: req.request_id.clone(),
-            method: req.method.clone(),
-            target: req.target.clone(),
-            body_bytes: req.body.len(),
-            age: if dead { dead_age(row) } else { row.age },
-            attempts: if dead { 0 } else { self.attempts_of(&row.id) },
-            dead: dead.then(|| dead_info(row)),
-        }
+        let (age, attempts, info) = if dead {
+            (dead_age(row), 0, Some(dead_info(row)))
+        } else {
+            (row.age, self.attempts_of(&row.id), None)
+        };
+        Listed::of(position, req, age, attempts, info)
     }
 
     /// Rows as listing lines; an entry that does not decode is left out (the replay

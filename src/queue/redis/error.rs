@@ -7,7 +7,7 @@ use std::fmt;
 
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
-use crate::error::LogCode;
+use crate::error::{Failure, LogCode};
 
 /// Why a call on the shared queue did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,18 +32,25 @@ pub enum RedisQueueError {
 }
 
 impl RedisQueueError {
-    /// The error-log code for this failure: 801 (one per cause, as 702 is for
-    /// upstreams) when the engine could not confirm, 802 at the shared cap.
-    pub fn log_code(&self) -> LogCode {
+    /// Its kind in the request-path failure table (`crate::error`).
+    pub fn failure(&self) -> Failure {
         match self {
-            RedisQueueError::Config(_) => LogCode::QueueEngineMisconfigured,
-            RedisQueueError::Unavailable(_) => LogCode::QueueEngineUnavailable,
-            RedisQueueError::TimedOut => LogCode::QueueEngineTimedOut,
-            RedisQueueError::Rejected(_) => LogCode::QueueEngineRejected,
-            RedisQueueError::Unreplicated { .. } => LogCode::QueueEngineUnreplicated,
-            RedisQueueError::BadReply(_) => LogCode::QueueEngineBadReply,
-            RedisQueueError::Full { .. } => LogCode::QueueFull,
+            RedisQueueError::Config(_) => Failure::QueueEngineMisconfigured,
+            RedisQueueError::Unavailable(_) => Failure::QueueEngineUnavailable,
+            RedisQueueError::TimedOut => Failure::QueueEngineTimedOut,
+            RedisQueueError::Rejected(_) => Failure::QueueEngineRejected,
+            RedisQueueError::Unreplicated { .. } => Failure::QueueEngineUnreplicated,
+            RedisQueueError::BadReply(_) => Failure::QueueEngineBadReply,
+            RedisQueueError::Full { .. } => Failure::QueueFull,
         }
+    }
+
+    /// The error-log code the failure table gives it: 801 (one per cause, as 702 is
+    /// for upstreams) when the engine could not confirm, 802 at the shared cap.
+    pub fn log_code(&self) -> LogCode {
+        // Every queue failure has one (the table's test checks it).
+        let d = self.failure().disposition();
+        d.log.unwrap_or(LogCode::QueueEngineUnavailable)
     }
 
     /// Whether the connection that met this error can be used again. A timed-out or

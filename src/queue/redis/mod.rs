@@ -79,7 +79,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
-use redis::Value;
+use redis::{Connection, RedisResult, Value};
 
 use crate::shared_queue::Target;
 pub use crate::shared_queue::{
@@ -380,6 +380,18 @@ impl Inner {
         Deadline::after(self.opts.timeout)
     }
 
+    /// One command (or script) under the call deadline, on a connection armed with
+    /// what is left of it.
+    fn call<T>(
+        &self,
+        mut op: impl FnMut(&mut Connection) -> RedisResult<T>,
+    ) -> Result<T, RedisQueueError> {
+        self.engine.run(self.deadline(), |conn, d| {
+            d.arm(conn)?;
+            op(conn)
+        })
+    }
+
     /// Counts and remembers an engine error (not a full queue) for `status`.
     fn note<T>(&self, r: Result<T, RedisQueueError>) -> Result<T, RedisQueueError> {
         if let Err(e) = &r {
@@ -463,8 +475,7 @@ impl Inner {
         if let Some(next) = self.cached_head(&held) {
             return Ok(Some(next));
         }
-        let r = self.engine.run(self.deadline(), |conn, d| {
-            d.arm(conn)?;
+        let r = self.call(|conn| {
             self.scripts
                 .head
                 .key(&self.keys.lease)
@@ -522,8 +533,7 @@ impl Inner {
     }
 
     fn ack(&self, entry: &Entry) -> Result<bool, RedisQueueError> {
-        let r = self.engine.run(self.deadline(), |conn, d| {
-            d.arm(conn)?;
+        let r = self.call(|conn| {
             self.scripts
                 .ack
                 .key(&self.keys.lease)
@@ -536,8 +546,7 @@ impl Inner {
     }
 
     fn dead_letter(&self, entry: &Entry, reason: &str) -> Result<bool, RedisQueueError> {
-        let r = self.engine.run(self.deadline(), |conn, d| {
-            d.arm(conn)?;
+        let r = self.call(|conn| {
             self.scripts
                 .dead
                 .key(&self.keys.lease)
@@ -649,8 +658,7 @@ impl Inner {
         let Some(held) = lock(&self.held).take() else {
             return;
         };
-        let _ = self.engine.run(self.deadline(), |conn, d| {
-            d.arm(conn)?;
+        let _ = self.call(|conn| {
             self.scripts
                 .release
                 .key(&self.keys.lease)
@@ -661,10 +669,7 @@ impl Inner {
     }
 
     fn depth(&self) -> Result<u64, RedisQueueError> {
-        let r = self.engine.run(self.deadline(), |conn, d| {
-            d.arm(conn)?;
-            redis::cmd("XLEN").arg(&self.keys.stream).query::<u64>(conn)
-        });
+        let r = self.call(|conn| redis::cmd("XLEN").arg(&self.keys.stream).query::<u64>(conn));
         let len = self.note(r)?;
         self.saw_depth(len);
         Ok(len)

@@ -61,8 +61,7 @@ impl RedisQueue {
             return Ok(0);
         }
         let key = inner.key(which);
-        let r = inner.engine.run(inner.deadline(), |conn, d| {
-            d.arm(conn)?;
+        let r = inner.call(|conn| {
             let mut cmd = redis::cmd("XDEL");
             cmd.arg(key);
             for id in ids {
@@ -79,8 +78,7 @@ impl RedisQueue {
     /// XDEL), stamped as buffered by this instance.
     pub fn retry_dead(&self, id: &EntryId) -> Result<Retried, RedisQueueError> {
         let inner = &self.inner;
-        let r = inner.engine.run(inner.deadline(), |conn, d| {
-            d.arm(conn)?;
+        let r = inner.call(|conn| {
             inner
                 .scripts
                 .retry
@@ -101,8 +99,7 @@ impl RedisQueue {
     /// Deletes the dead-letter stream; how many entries it held.
     pub fn purge_dead(&self) -> Result<u64, RedisQueueError> {
         let inner = &self.inner;
-        let r = inner.engine.run(inner.deadline(), |conn, d| {
-            d.arm(conn)?;
+        let r = inner.call(|conn| {
             inner
                 .scripts
                 .purge
@@ -116,8 +113,7 @@ impl RedisQueue {
     /// the cached next head, so `head` reads the real one.
     pub fn exists(&self, id: &EntryId) -> Result<bool, RedisQueueError> {
         let inner = &self.inner;
-        let r = inner.engine.run(inner.deadline(), |conn, d| {
-            d.arm(conn)?;
+        let r = inner.call(|conn| {
             redis::cmd("XRANGE")
                 .arg(&inner.keys.stream)
                 .arg(&id.0)

@@ -13,7 +13,7 @@ use crate::accesslog;
 use crate::attempt::{endpoint_failed, AfterReply, ReplyBody, Scratch};
 use crate::body::Body;
 use crate::buffer::IoBuf;
-use crate::error::{is_timeout, ClientError, Failure, LogCode, Reply};
+use crate::error::{flood_rejection, is_timeout, ClientError, Failure, Reply};
 use crate::forward;
 use crate::http::headers;
 use crate::http::{
@@ -252,15 +252,14 @@ impl Worker {
             let started = self.head_started;
             self.outcome.reset();
             if !pool.try_hold() {
-                self.proxy
-                    .errlog
-                    .record(&self.proxy.listener_label, LogCode::Flooded);
+                let (flooded, code) = flood_rejection();
+                self.proxy.errlog.record(&self.proxy.listener_label, code);
                 let reply = self.settings.current.render_reply(
-                    Reply::Flooded,
+                    flooded,
                     AfterReply::Close,
                     ReplyBody::for_method(&head.method),
                 );
-                self.outcome.status = Reply::Flooded.parts().0;
+                self.outcome.status = flooded.parts().0;
                 self.record(&client, &head, started);
                 return close_after(client, &reply, &self.proxy, Linger::Always);
             }

@@ -13,7 +13,7 @@ use crossbeam_channel::Sender;
 use super::handoff::Handoff;
 use super::WORKER_STACK_BYTES;
 use crate::attempt::{AfterReply, ReplyBody};
-use crate::error::{LogCode, Reply};
+use crate::error::flood_rejection;
 use crate::proxy::Proxy;
 use crate::slots::{Accepted, Pool};
 
@@ -114,17 +114,17 @@ impl Acceptance {
     /// a reset.
     fn reject_flooded(&self, mut stream: TcpStream) {
         let proxy = &self.proxy;
-        proxy.errlog.record(&proxy.listener_label, LogCode::Flooded);
+        let (reply, code) = flood_rejection();
+        proxy.errlog.record(&proxy.listener_label, code);
         if let Some(rejects) = &self.tls_rejects {
             // A TLS client needs a handshake first: that is the rejecter's job, so no
             // accepting thread waits on a client. If it is swamped, the client is closed.
             let _ = rejects.try_send(stream);
             return;
         }
-        let reply =
-            proxy
-                .settings()
-                .render_reply(Reply::Flooded, AfterReply::Close, ReplyBody::Send);
+        let reply = proxy
+            .settings()
+            .render_reply(reply, AfterReply::Close, ReplyBody::Send);
         let _ = stream.set_nonblocking(true);
         let _ = stream.write_all(&reply);
         let _ = stream.shutdown(Shutdown::Write);
@@ -151,7 +151,7 @@ pub(super) fn start_tls_rejecter(proxy: &Arc<Proxy>) -> io::Result<Option<Sender
             for tcp in rx {
                 if let Ok(mut tls) = tls.accept(tcp, TLS_REJECT_HANDSHAKE) {
                     let reply = proxy.settings().render_reply(
-                        Reply::Flooded,
+                        flood_rejection().0,
                         AfterReply::Close,
                         ReplyBody::Send,
                     );

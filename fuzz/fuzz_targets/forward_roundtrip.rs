@@ -17,7 +17,7 @@ use libfuzzer_sys::fuzz_target;
 use serviceq::forward::{upstream_request, Origin};
 use serviceq::http::headers::{connection_tokens, is_hop_by_hop, HOP_BY_HOP};
 use serviceq::http::{parse_request, BodyFraming, HeadLimits, Header, RequestHead, Version};
-use serviceq::proxy::CustomHeaders;
+use serviceq::forward::CustomHeaders;
 
 /// Fields ServiceQ writes itself on every upstream request (SPEC §3), replacing the
 /// client's: they are checked on their own, not compared with the client's.
@@ -42,8 +42,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let body_len = match head.framing {
         BodyFraming::None => 0,
-        BodyFraming::Length(len) => len.min(1 << 40) as usize,
-        BodyFraming::Chunked => data.len() - n,
+        BodyFraming::Length(len) => len.min(1 << 40),
+        BodyFraming::Chunked => (data.len() - n) as u64,
     };
     let custom = CustomHeaders::new(&[]);
     let origin = Origin {
@@ -79,7 +79,7 @@ fuzz_target!(|data: &[u8]| {
     check(&head, body_len, &id, &again, &forwarded);
 });
 
-fn check(client: &RequestHead, body_len: usize, id: &str, up: &RequestHead, raw: &[u8]) {
+fn check(client: &RequestHead, body_len: u64, id: &str, up: &RequestHead, raw: &[u8]) {
     let shown = String::from_utf8_lossy(raw);
     assert_eq!(up.method, client.method, "method\n{shown}");
     assert_eq!(up.target, client.target, "target\n{shown}");
@@ -91,7 +91,7 @@ fn check(client: &RequestHead, body_len: usize, id: &str, up: &RequestHead, raw:
     // Framing: Content-Length, equal to the body ServiceQ sends.
     let want = match (client.framing, body_len) {
         (BodyFraming::None, 0) => BodyFraming::None,
-        _ => BodyFraming::Length(body_len as u64),
+        _ => BodyFraming::Length(body_len),
     };
     assert_eq!(up.framing, want, "framing\n{shown}");
 
@@ -110,7 +110,7 @@ fn check(client: &RequestHead, body_len: usize, id: &str, up: &RequestHead, raw:
             .any(|s| s.eq_ignore_ascii_case(&h.name))
     };
     // An upgrade keeps `Connection: upgrade` and its protocols (`tunnel.rs`), less h2c.
-    let upgrade = serviceq::tunnel::offered_upgrade(&client);
+    let upgrade = serviceq::http::upgrade::offered_upgrade(client);
     let switching = |h: &Header| {
         upgrade.is_some()
             && (h.name.eq_ignore_ascii_case("connection") || h.name.eq_ignore_ascii_case("upgrade"))

@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use serviceq::http::{parse_request, parse_response, BodyFraming, HeadLimits, ResponseFraming};
-use serviceq::proxy::CustomHeaders;
+use serviceq::forward::CustomHeaders;
 use std::path::Path;
 
 const LIMITS: HeadLimits = HeadLimits {

@@ -411,6 +411,32 @@ fn silent_new_connections_are_reclaimed_before_429() {
 }
 
 #[test]
+fn a_silent_new_connection_holds_no_worker_while_the_kernel_defers_it() {
+    // The listener defers `accept` until a client's first bytes arrive (about a second
+    // for one that sends nothing): two silent connections on a peak of 2 take no
+    // worker, so a real client is served at once, without closing either of them, and
+    // the error log has no 429.
+    let u = Upstream::start(Behaviour::Ok);
+    let (sq, admin) = start_peak_of_two(&u);
+    let mut silent: Vec<Client> = (0..2).map(|_| Client::connect(sq.addr())).collect();
+    let r = get(sq.addr(), "/real");
+    assert_eq!(r.status, 200, "{}{}", r.raw_head, r.body_str());
+    assert!(
+        !silent.iter_mut().any(|c| c.is_closed_now()),
+        "a silent connection was closed to serve the real client: it had taken a worker"
+    );
+    assert!(
+        wait_connections_active(admin, 0),
+        "the silent connections were accepted before their first byte"
+    );
+    assert!(
+        !sq.error_log().contains("SERVICEQ_FLOODED"),
+        "{}",
+        sq.error_log()
+    );
+}
+
+#[test]
 fn new_connection_whose_request_started_is_not_reclaimed() {
     // A connection that has sent part of its head holds a request being read: it is
     // never reclaimed, so with both workers on such connections a third client gets 429,

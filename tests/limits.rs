@@ -460,3 +460,91 @@ fn new_connection_whose_request_started_is_not_reclaimed() {
         assert_eq!(c.read_response().status, 200);
     }
 }
+
+/// Sets the soft open-file limit of a running process with util-linux's `prlimit`.
+fn set_nofile(pid: u32, limit: usize) {
+    let status = std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={limit}:"))
+        .status()
+        .expect("run prlimit");
+    assert!(status.success(), "prlimit --nofile={limit}: failed");
+}
+
+/// A running process's soft open-file limit, from /proc/PID/limits.
+fn nofile(pid: u32) -> usize {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits.lines().find(|l| l.starts_with("Max open files"));
+    line.and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .expect("a soft limit on open files")
+}
+
+#[test]
+fn running_out_of_file_descriptors_is_survived_and_logged_sparingly() {
+    // The process runs out of descriptors while clients wait: the accepting workers
+    // back off and retry, the warning is written about once a second (not once per
+    // worker per retry), every client gets a complete answer, and once descriptors are
+    // back the clients still waiting in the listen queue are served.
+    if !require_tool("prlimit", "--version") {
+        return;
+    }
+    let u = Upstream::start(Behaviour::Ok);
+    let sq = conf(&u).set("CONCURRENCY_PEAK", "64").start();
+    // Room for four more descriptors: the kernel gives the lowest free number, and the
+    // limit bounds the number, so it goes just past the fourth free one. (Each worker
+    // blocked in `accept` holds a number already, taken before it slept: the first
+    // clients get through whatever the limit, hence more clients than workers seated.)
+    let fds = |pid: u32| -> Vec<usize> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("read /proc/PID/fd")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
+    };
+    let used = fds(sq.pid());
+    let soft = nofile(sq.pid());
+    let fourth_free = (0..).filter(|n| !used.contains(n)).nth(3).unwrap_or(0);
+    set_nofile(sq.pid(), fourth_free + 1);
+    let mut clients: Vec<Client> = (0..40)
+        .map(|i| {
+            let mut c = Client::connect(sq.addr());
+            c.send(format!("GET /wait{i} HTTP/1.1\r\nHost: x\r\n\r\n"));
+            c
+        })
+        .collect();
+    assert!(
+        sq.wait_for_stderr("accept failed", Duration::from_secs(5)),
+        "no accept failure logged (descriptors {used:?}, limit {}): {}",
+        fourth_free + 1,
+        sq.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(2500)); // the interval being counted
+    let warnings = sq.stderr().matches("accept failed").count();
+    assert!(
+        (1..=5).contains(&warnings),
+        "{warnings} accept-failure lines in about 2.5 s: {}",
+        sq.stderr()
+    );
+    set_nofile(sq.pid(), soft);
+    let statuses: Vec<u16> = clients
+        .iter_mut()
+        .enumerate()
+        .map(|(i, c)| match c.try_read_response(false) {
+            Ok(r) => r.status,
+            Err(e) => panic!("client {i} got no complete response: {e}"),
+        })
+        .collect();
+    // Those accepted while descriptors ran out could not reach the endpoint (a 5xx
+    // from ServiceQ); those still queued were served once they were back.
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == 200 || (500..=504).contains(s)),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&200),
+        "none served after recovery: {statuses:?}"
+    );
+    let r = get(sq.addr(), "/after");
+    assert_eq!(r.status, 200, "served after the descriptors came back");
+}

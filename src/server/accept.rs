@@ -4,6 +4,7 @@
 
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -19,6 +20,9 @@ use crate::slots::{Accepted, Pool};
 
 /// How long accepting backs off after a transient failure (out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// At most one "accept failed" warning per this long: up to 16 seated workers back off
+/// at once, each every ACCEPT_BACKOFF, while the process is out of file descriptors.
+const ACCEPT_WARN_EVERY_MS: u64 = 1000;
 /// Connections waiting for the TLS rejecter; beyond this they are closed unanswered.
 const TLS_REJECT_BACKLOG: usize = 64;
 /// The longest a flooded TLS client's handshake may take.
@@ -32,6 +36,8 @@ pub(super) struct Acceptance {
     pub handoff: Handoff,
     /// On a TLS listener, the thread that answers flooded clients (see `start_tls_rejecter`).
     pub tls_rejects: Option<Sender<TcpStream>>,
+    /// When (`Pool::now_ms`, plus one) an accept failure was last logged; 0: never.
+    pub last_accept_warning: AtomicU64,
 }
 
 /// What one `accept` call came to.
@@ -50,11 +56,25 @@ impl Acceptance {
                 // TCP_NODELAY comes from the listener (see `bind`).
                 Ok((stream, peer)) => return Took::Connection(Accepted { stream, peer }),
                 Err(e) if is_transient_accept_error(&e) => {
-                    log::warn!("accept failed: {e}");
+                    self.warn_accept_failed(&e);
                     thread::sleep(ACCEPT_BACKOFF);
                 }
                 Err(e) => return Took::Ended(Some(e)),
             }
+        }
+    }
+
+    /// Logs a transient accept failure, once a second at most whoever hits it.
+    fn warn_accept_failed(&self, e: &io::Error) {
+        let now = self.pool.now_ms() + 1;
+        let last = self.last_accept_warning.load(Ordering::Relaxed);
+        if is_warning_due(last, now)
+            && self
+                .last_accept_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            log::warn!("accept failed: {e} (retrying every {ACCEPT_BACKOFF:?})");
         }
     }
 
@@ -136,6 +156,11 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
     !matches!(e.kind(), io::ErrorKind::InvalidInput)
 }
 
+/// Whether a warning last logged at `last_ms` (0: never) may be logged again at `now_ms`.
+fn is_warning_due(last_ms: u64, now_ms: u64) -> bool {
+    last_ms == 0 || now_ms.saturating_sub(last_ms) >= ACCEPT_WARN_EVERY_MS
+}
+
 /// On a TLS listener, the thread that completes the handshake of a flooded client and
 /// writes its 429 (SPEC §6: the client reads a complete response).
 pub(super) fn start_tls_rejecter(proxy: &Arc<Proxy>) -> io::Result<Option<Sender<TcpStream>>> {
@@ -161,4 +186,18 @@ pub(super) fn start_tls_rejecter(proxy: &Arc<Proxy>) -> io::Result<Option<Sender
             }
         })?;
     Ok(Some(tx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_warning_due, ACCEPT_WARN_EVERY_MS};
+
+    #[test]
+    fn accept_failures_are_logged_once_a_second_at_most() {
+        let every = ACCEPT_WARN_EVERY_MS;
+        assert!(is_warning_due(0, 1), "the first one is logged");
+        assert!(!is_warning_due(500, 500));
+        assert!(!is_warning_due(500, 500 + every - 1));
+        assert!(is_warning_due(500, 500 + every));
+    }
 }

@@ -78,6 +78,7 @@ pub fn run<W: ServeConnection>(
         pool: Arc::clone(&pool),
         proxy: Arc::clone(&proxy),
         tls_rejects,
+        last_accept_warning: std::sync::atomic::AtomicU64::new(0),
     });
     spawn_workers(&acceptance, Arc::new(new_worker))?;
     announce(&acceptance.listener, &proxy).map_err(RunError::Listener)?;

@@ -410,26 +410,26 @@ impl Worker {
             return Ok(Waited::Nothing);
         }
         self.inbuf.shrink_to(IDLE_INBUF_BYTES);
-        if wait == Wait::First && matches!(client.stream, Stream::Plain(_)) {
-            if matches!(crate::stream::peek_nonblocking(client.stream.tcp()), Ok(n) if n > 0) {
-                return Ok(Waited::InSocket);
-            }
-            client
-                .set_read_timeout(timeout)
-                .map_err(ClientError::Gone)?;
+        let first_plain = wait == Wait::First && matches!(client.stream, Stream::Plain(_));
+        if first_plain && has_arrived(crate::stream::peek_nonblocking(client.stream.tcp())) {
+            return Ok(Waited::InSocket);
+        }
+        client
+            .set_read_timeout(timeout)
+            .map_err(ClientError::Gone)?;
+        if first_plain {
             if !slot.go_idle(pool.now_ms(), WorkerState::First) {
                 return Ok(Waited::Nothing);
             }
             let peeked = peek_blocking(client.stream.tcp());
             // Reclaimed: the acceptor's peek found nothing, so no request is lost.
-            return Ok(match slot.go_busy() && matches!(peeked, Ok(n) if n > 0) {
-                true => Waited::InSocket,
-                false => Waited::Nothing,
+            let kept = slot.go_busy() && has_arrived(peeked);
+            return Ok(if kept {
+                Waited::InSocket
+            } else {
+                Waited::Nothing
             });
         }
-        client
-            .set_read_timeout(timeout)
-            .map_err(ClientError::Gone)?;
         let reclaimable = wait == Wait::KeepAlive;
         if reclaimable && !slot.go_idle(pool.now_ms(), WorkerState::Idle) {
             return Ok(Waited::Nothing);
@@ -917,6 +917,11 @@ fn close_after(mut client: Client, bytes: &[u8], proxy: &Proxy, linger: Linger) 
 /// Waits (within the socket's read timeout) until the client sends a byte or closes,
 /// leaving what arrived in the socket. A signal delivered to this thread is not the end
 /// of the wait.
+/// Whether a peek saw request bytes (not a close, not an error).
+fn has_arrived(peek: io::Result<usize>) -> bool {
+    matches!(peek, Ok(n) if n > 0)
+}
+
 fn peek_blocking(tcp: &TcpStream) -> io::Result<usize> {
     loop {
         match tcp.peek(&mut [0u8; 1]) {
